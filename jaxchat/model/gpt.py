@@ -1,0 +1,237 @@
+"""The nanochat GPT as a Flax NNX module (SPEC §3).
+
+Parameter tree (``split_params(model)[1]``) and its nanochat state_dict names; a Flax
+kernel is (in, out), the transpose of torch's (out, in) weight:
+
+    wte/embedding                 transformer.wte.weight            (V, D)   same layout
+    h/{i}/attn/c_q/kernel         transformer.h.{i}.attn.c_q.weight  (D, H·hd) transposed
+    h/{i}/attn/c_k/kernel         transformer.h.{i}.attn.c_k.weight  (D, K·hd) transposed
+    h/{i}/attn/c_v/kernel         transformer.h.{i}.attn.c_v.weight  (D, K·hd) transposed
+    h/{i}/attn/c_proj/kernel      transformer.h.{i}.attn.c_proj.weight (D, D) transposed
+    h/{i}/mlp/c_fc/kernel         transformer.h.{i}.mlp.c_fc.weight  (D, 4D)  transposed
+    h/{i}/mlp/c_proj/kernel       transformer.h.{i}.mlp.c_proj.weight (4D, D) transposed
+    lm_head/kernel                lm_head.weight                    (D, V)   transposed
+
+Mixed precision mirrors nanochat under autocast: params are float32; matmuls and attention run in
+``dtype`` (bfloat16 on GPU); the residual stream, norms and logits stay float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxchat.model.config import GPTConfig
+
+SOFTCAP = 15.0
+ROTARY_BASE = 10000.0
+# torch's F.rms_norm(eps=None) uses finfo(dtype).eps; our norms always run in float32.
+NORM_EPS = float(jnp.finfo(jnp.float32).eps)
+
+AttentionImpl = Literal["auto", "xla", "cudnn"]
+
+
+def rms_norm(x: jax.Array) -> jax.Array:
+    """Parameter-free RMSNorm over the last axis, computed in float32, returned in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + NORM_EPS)
+    return normed.astype(x.dtype)
+
+
+def rotary_cos_sin(positions: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables (T, head_dim/2) for the given absolute positions (computed, not stored)."""
+    inv_freq = 1.0 / ROTARY_BASE ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    freqs = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.cos(freqs), jnp.sin(freqs)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate (B, T, N, hd) with nanochat's half-split layout; cos/sin are cast to x's dtype like upstream."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos = cos[None, :, None, :].astype(x.dtype)
+    sin = sin[None, :, None, :].astype(x.dtype)
+    return jnp.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
+
+
+def _linear(fan_in: int, fan_out: int, dtype, rngs: nnx.Rngs, zero: bool = False, **kwargs) -> nnx.Linear:
+    """Bias-free linear with nanochat's init: N(0, 1/√fan_in · min(1, √(fan_out/fan_in))), or zeros."""
+    std = 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
+    init = nnx.initializers.zeros_init() if zero else nnx.initializers.normal(stddev=std)
+    return nnx.Linear(fan_in, fan_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                      kernel_init=init, rngs=rngs, **kwargs)
+
+
+class KVCache(NamedTuple):
+    """Static-shape decode cache: per layer (B, max_len, n_kv_head, head_dim) keys and values.
+
+    ``pos`` is the number of positions already written (shared by all rows: the engine decodes
+    its rows in lockstep). Positions ≥ pos hold garbage and are masked out.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    pos: jax.Array
+
+    @classmethod
+    def create(cls, config: GPTConfig, batch_size: int, max_len: int, dtype=jnp.float32) -> "KVCache":
+        shape = (batch_size, max_len, config.n_kv_head, config.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layer))
+        return cls(k=zeros, v=zeros, pos=jnp.zeros((), jnp.int32))
+
+    def repeat_rows(self, n: int) -> "KVCache":
+        """Copy a batch-1 cache (one prefilled prompt) to n rows for parallel sampling."""
+        tile = lambda a: jnp.repeat(a, n, axis=0)  # noqa: E731
+        return KVCache(tuple(map(tile, self.k)), tuple(map(tile, self.v)), self.pos)
+
+
+class CausalSelfAttention(nnx.Module):
+    def __init__(self, config: GPTConfig, *, dtype, attention: AttentionImpl, rngs: nnx.Rngs):
+        d, hd = config.n_embd, config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, hd
+        self.attention = attention
+        self.c_q = _linear(d, config.n_head * hd, dtype, rngs)
+        self.c_k = _linear(d, config.n_kv_head * hd, dtype, rngs)
+        self.c_v = _linear(d, config.n_kv_head * hd, dtype, rngs)
+        self.c_proj = _linear(d, d, dtype, rngs, zero=True)
+
+    def __call__(self, x, cos, sin, cache: tuple[jax.Array, jax.Array, jax.Array] | None = None):
+        """x (B, T, D) → (B, T, D); with ``cache=(k, v, pos)`` also returns the updated (k, v)."""
+        batch, seq, _ = x.shape
+        q = self.c_q(x).reshape(batch, seq, self.n_head, self.head_dim)
+        k = self.c_k(x).reshape(batch, seq, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).reshape(batch, seq, self.n_kv_head, self.head_dim)
+        # Rotary first, then QK-norm (nanochat's order).
+        q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if cache is None:
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                             implementation=self._implementation(q))
+            new_kv = None
+        else:
+            k_cache, v_cache, pos = cache
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
+            # Query i sits at absolute position pos+i and sees every cached key at or before it.
+            mask = jnp.arange(k_cache.shape[1])[None, :] <= (pos + jnp.arange(seq))[:, None]
+            y = jax.nn.dot_product_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype),
+                                             mask=mask[None, None], scale=scale, implementation="xla")
+            new_kv = (k_cache, v_cache)
+        y = self.c_proj(y.reshape(batch, seq, self.n_head * self.head_dim))
+        return y if cache is None else (y, new_kv)
+
+    def _implementation(self, q: jax.Array) -> str | None:
+        if self.attention != "auto":
+            return self.attention
+        # cuDNN flash attention needs a GPU and 16-bit inputs; XLA everywhere else.
+        use_cudnn = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+        return "cudnn" if use_cudnn else "xla"
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: GPTConfig, *, dtype, rngs: nnx.Rngs):
+        self.c_fc = _linear(config.n_embd, 4 * config.n_embd, dtype, rngs)
+        self.c_proj = _linear(4 * config.n_embd, config.n_embd, dtype, rngs, zero=True)
+
+    def __call__(self, x):
+        return self.c_proj(jnp.square(jax.nn.relu(self.c_fc(x))))
+
+
+class Block(nnx.Module):
+    def __init__(self, config: GPTConfig, *, dtype, attention: AttentionImpl, rngs: nnx.Rngs):
+        self.attn = CausalSelfAttention(config, dtype=dtype, attention=attention, rngs=rngs)
+        self.mlp = MLP(config, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin):
+        x = x + self.attn(rms_norm(x), cos, sin)
+        return x + self.mlp(rms_norm(x))
+
+    def decode(self, x, cos, sin, cache):
+        y, new_kv = self.attn(rms_norm(x), cos, sin, cache)
+        x = x + y
+        return x + self.mlp(rms_norm(x)), new_kv
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, reduction: str = "mean") -> jax.Array:
+    """Cross-entropy in float32 ignoring targets == -1. reduction: 'mean' | 'sum' | 'none'."""
+    valid = targets != -1
+    logits = logits.astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+    nll = jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - target_logit, 0.0)
+    if reduction == "none":
+        return nll
+    if reduction == "sum":
+        return nll.sum()
+    if reduction == "mean":
+        return nll.sum() / jnp.maximum(valid.sum(), 1)
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+class GPT(nnx.Module):
+    """nanochat's GPT. ``model(idx)`` → float32 softcapped logits; ``model(idx, targets)`` → loss.
+
+    Args:
+      config: the shape.
+      dtype: compute dtype of matmuls and attention (params stay float32). bfloat16 on GPU.
+      attention: 'auto' (cuDNN on GPU with 16-bit dtype, else XLA), 'xla' or 'cudnn'.
+      remat: recompute each block's activations in the backward pass (saves memory at depth).
+      rngs: initialisation randomness.
+    """
+
+    def __init__(self, config: GPTConfig, *, dtype=jnp.float32, attention: AttentionImpl = "auto",
+                 remat: bool = False, rngs: nnx.Rngs):
+        self.config = config
+        self.remat = remat
+        self.wte = nnx.Embed(config.vocab_size, config.n_embd, param_dtype=jnp.float32,
+                             embedding_init=nnx.initializers.normal(stddev=1.0), rngs=rngs)
+        self.h = nnx.List([Block(config, dtype=dtype, attention=attention, rngs=rngs)
+                           for _ in range(config.n_layer)])
+        # float32 logits straight out of the matmul (no bf16 rounding before the softcap).
+        self.lm_head = _linear(config.n_embd, config.vocab_size, dtype, rngs, zero=True,
+                               preferred_element_type=jnp.float32)
+
+    def __call__(self, idx: jax.Array, targets: jax.Array | None = None, *, reduction: str = "mean"):
+        cos, sin = rotary_cos_sin(jnp.arange(idx.shape[1]), self.config.head_dim)
+        x = rms_norm(self.wte(idx))
+        for block in self.h:
+            if self.remat:
+                x = nnx.remat(lambda blk, x, cos, sin: blk(x, cos, sin))(block, x, cos, sin)
+            else:
+                x = block(x, cos, sin)
+        logits = self._logits(x)
+        return logits if targets is None else cross_entropy(logits, targets, reduction)
+
+    def decode(self, idx: jax.Array, cache: KVCache, length: jax.Array | int | None = None):
+        """Run (B, T) new tokens against the cache: prefill (T = prompt) or one decode step (T = 1).
+
+        Returns float32 logits (B, T, V) and the cache advanced by ``length`` positions (default T;
+        a right-padded prompt passes its real length so later tokens overwrite the padding).
+        """
+        seq = idx.shape[1]
+        cos, sin = rotary_cos_sin(cache.pos + jnp.arange(seq), self.config.head_dim)
+        x = rms_norm(self.wte(idx))
+        new_k, new_v = [], []
+        for block, k, v in zip(self.h, cache.k, cache.v):
+            x, (k, v) = block.decode(x, cos, sin, (k, v, cache.pos))
+            new_k.append(k)
+            new_v.append(v)
+        advance = seq if length is None else length
+        return self._logits(x), KVCache(tuple(new_k), tuple(new_v), cache.pos + advance)
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        logits = self.lm_head(rms_norm(x)).astype(jnp.float32)
+        return SOFTCAP * jnp.tanh(logits / SOFTCAP)
+
+
+def split_params(model: GPT) -> tuple[nnx.GraphDef, dict]:
+    """Split once for the hot loop: the static graph and the params as a plain nested dict.
+
+    Rebuild a module view with ``nnx.merge(graphdef, params)`` (inside or outside jit). After a
+    donated step the original module's arrays are gone, so do not keep using ``model`` itself.
+    """
+    graphdef, state = nnx.split(model)
+    return graphdef, nnx.to_pure_dict(state)

@@ -1,0 +1,222 @@
+"""The GPT against SPEC §3: sizes, names, init, an independent NumPy forward, KV-cache decoding."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxchat import GPT, GPTConfig, KVCache, estimate_flops, num_params
+from jaxchat.model import cross_entropy, split_params
+
+TINY = GPTConfig(sequence_len=16, vocab_size=96, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+
+
+def params_of(model):
+    return split_params(model)[1]
+
+
+def test_d20_size_matches_spec():
+    config = GPTConfig.from_depth(20)
+    assert (config.n_layer, config.n_embd, config.n_head, config.n_kv_head, config.head_dim) == (20, 1280, 10, 10, 128)
+    assert num_params(config) == 560_988_160
+    assert estimate_flops(config) == 6 * (560_988_160 - 65536 * 1280) + 12 * 20 * 10 * 128 * 2048
+    assert abs(estimate_flops(config) - 3.49e9) / 3.49e9 < 0.001
+
+
+def test_from_depth_rounds_heads_up():
+    assert GPTConfig.from_depth(3).n_head == 2  # n_embd 192 → ceil(1.5)
+    assert GPTConfig.from_depth(26).n_head == 13
+
+
+def test_config_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="n_kv_head"):
+        GPTConfig(n_layer=1, n_head=4, n_kv_head=3, n_embd=64)
+    with pytest.raises(ValueError, match="n_layer"):
+        GPTConfig(n_layer=0)
+
+
+def test_param_tree_names_shapes_and_count():
+    params = params_of(GPT(TINY, rngs=nnx.Rngs(0)))
+    d, v, kv = TINY.n_embd, TINY.vocab_size, TINY.n_kv_head * TINY.head_dim
+    expected = {"wte": {"embedding": (v, d)}, "lm_head": {"kernel": (d, v)},
+                "h": {i: {"attn": {"c_q": {"kernel": (d, d)}, "c_k": {"kernel": (d, kv)},
+                                   "c_v": {"kernel": (d, kv)}, "c_proj": {"kernel": (d, d)}},
+                          "mlp": {"c_fc": {"kernel": (d, 4 * d)}, "c_proj": {"kernel": (4 * d, d)}}}
+                      for i in range(TINY.n_layer)}}
+    assert jax.tree.map(lambda a: a.shape, params) == expected
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(params))
+    assert sum(a.size for a in jax.tree.leaves(params)) == num_params(TINY)
+
+
+def test_init_follows_nanochat():
+    config = GPTConfig(sequence_len=16, vocab_size=512, n_layer=1, n_head=2, n_kv_head=2, n_embd=256)
+    p = params_of(GPT(config, rngs=nnx.Rngs(0)))
+    assert np.std(p["wte"]["embedding"]) == pytest.approx(1.0, rel=0.02)
+    for zero in (p["lm_head"]["kernel"], p["h"][0]["attn"]["c_proj"]["kernel"], p["h"][0]["mlp"]["c_proj"]["kernel"]):
+        assert not np.any(zero)
+    assert np.std(p["h"][0]["attn"]["c_q"]["kernel"]) == pytest.approx(1 / math.sqrt(256), rel=0.02)
+    # c_fc: fan_out > fan_in, so min(1, ·) keeps σ = 1/√fan_in.
+    assert np.std(p["h"][0]["mlp"]["c_fc"]["kernel"]) == pytest.approx(1 / math.sqrt(256), rel=0.02)
+
+
+def test_loss_at_init_is_log_vocab():
+    model = GPT(TINY, rngs=nnx.Rngs(0))
+    idx = jax.random.randint(jax.random.key(1), (2, 16), 0, TINY.vocab_size)
+    assert float(model(idx, idx)) == pytest.approx(math.log(TINY.vocab_size), rel=1e-6)
+
+
+def test_cross_entropy_ignores_minus_one():
+    logits = jax.random.normal(jax.random.key(0), (2, 3, 5))
+    targets = jnp.array([[1, -1, 4], [-1, -1, 0]])
+    per_token = -jax.nn.log_softmax(logits)
+    picked = [per_token[0, 0, 1], per_token[0, 2, 4], per_token[1, 2, 0]]
+    assert float(cross_entropy(logits, targets, "sum")) == pytest.approx(float(sum(picked)), rel=1e-6)
+    assert float(cross_entropy(logits, targets)) == pytest.approx(float(sum(picked)) / 3, rel=1e-6)
+    assert float(cross_entropy(logits, jnp.full((2, 3), -1))) == 0.0
+
+
+# ----- an independent float64 NumPy forward of SPEC §3, in torch layout (weights (out, in)) -----
+
+def _np_rms(x):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.finfo(np.float32).eps)
+
+
+def _np_rotary(x, positions):
+    hd = x.shape[-1]
+    inv_freq = 1.0 / 10000.0 ** (np.arange(0, hd, 2) / hd)
+    freqs = np.outer(positions, inv_freq)[None, :, None, :]
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return np.concatenate([x1 * np.cos(freqs) + x2 * np.sin(freqs), -x1 * np.sin(freqs) + x2 * np.cos(freqs)], -1)
+
+
+def numpy_gpt_logits(sd, config, idx):
+    """sd: nanochat-style state dict of float64 arrays (torch layout)."""
+    B, T = idx.shape
+    H, K, hd = config.n_head, config.n_kv_head, config.head_dim
+    x = _np_rms(sd["transformer.wte.weight"][idx])
+    for i in range(config.n_layer):
+        w = lambda name: sd[f"transformer.h.{i}.{name}.weight"]  # noqa: E731
+        h = _np_rms(x)
+        q = (h @ w("attn.c_q").T).reshape(B, T, H, hd)
+        k = (h @ w("attn.c_k").T).reshape(B, T, K, hd)
+        v = (h @ w("attn.c_v").T).reshape(B, T, K, hd)
+        q, k = _np_rms(_np_rotary(q, np.arange(T))), _np_rms(_np_rotary(k, np.arange(T)))
+        k, v = np.repeat(k, H // K, axis=2), np.repeat(v, H // K, axis=2)
+        att = np.einsum("bthd,bshd->bhts", q, k) / math.sqrt(hd)
+        att = np.where(np.tril(np.ones((T, T), bool)), att, -np.inf)
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        y = np.einsum("bhts,bshd->bthd", att, v).reshape(B, T, H * hd)
+        x = x + y @ w("attn.c_proj").T
+        h = _np_rms(x)
+        x = x + (np.maximum(h @ w("mlp.c_fc").T, 0) ** 2) @ w("mlp.c_proj").T
+    logits = _np_rms(x) @ sd["lm_head.weight"].T
+    return 15 * np.tanh(logits / 15)
+
+
+def random_weights(model, seed=0):
+    """Replace every parameter (zero-initialised ones too) with random values of a sensible scale."""
+    graphdef, params = split_params(model)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    leaves = [jax.random.normal(k, a.shape) / math.sqrt(a.shape[0] if a.shape[0] < 512 else 1)
+              for k, a in zip(keys, leaves)]
+    params = jax.tree.unflatten(treedef, leaves)
+    return nnx.merge(graphdef, params), params
+
+
+def to_torch_state_dict(params):
+    """Our tree → nanochat's state_dict names (kernels transposed back to (out, in))."""
+    sd = {"transformer.wte.weight": params["wte"]["embedding"], "lm_head.weight": params["lm_head"]["kernel"].T}
+    for i, layer in params["h"].items():
+        for group, mods in layer.items():
+            for name, leaf in mods.items():
+                sd[f"transformer.h.{i}.{group}.{name}.weight"] = leaf["kernel"].T
+    return {k: np.asarray(v, np.float64) for k, v in sd.items()}
+
+
+def test_forward_matches_numpy_reference():
+    model, params = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+    idx = np.asarray(jax.random.randint(jax.random.key(2), (2, 16), 0, TINY.vocab_size))
+    ours = np.asarray(model(jnp.asarray(idx)))
+    reference = numpy_gpt_logits(to_torch_state_dict(params), TINY, idx)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, reference, atol=2e-4, rtol=2e-4)
+    assert np.abs(reference).max() > 1.0  # the comparison is not between near-zero tensors
+
+
+def test_causal():
+    model, _ = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+    idx = jax.random.randint(jax.random.key(3), (1, 16), 0, TINY.vocab_size)
+    changed = idx.at[0, 10].set((idx[0, 10] + 1) % TINY.vocab_size)
+    a, b = model(idx), model(changed)
+    np.testing.assert_array_equal(a[:, :10], b[:, :10])
+    assert not np.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_kv_cache_prefill_and_decode_match_full_forward():
+    model, _ = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+    idx = jax.random.randint(jax.random.key(4), (2, 12), 0, TINY.vocab_size)
+    full = model(idx)
+    cache = KVCache.create(TINY, batch_size=2, max_len=16)
+    logits, cache = model.decode(idx[:, :5], cache)  # prefill 5
+    np.testing.assert_allclose(logits, full[:, :5], atol=1e-5)
+    for t in range(5, 12):  # then one token at a time
+        logits, cache = model.decode(idx[:, t:t + 1], cache)
+        np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
+    assert int(cache.pos) == 12
+
+
+def test_padded_prefill_then_decode():
+    """A right-padded prompt with its real length: the padding is masked and later overwritten."""
+    model, _ = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+    idx = jax.random.randint(jax.random.key(5), (1, 9), 0, TINY.vocab_size)
+    full = model(idx)
+    padded = jnp.concatenate([idx[:, :6], jnp.zeros((1, 4), idx.dtype)], axis=1)  # 6 real + 4 pad
+    logits, cache = model.decode(padded, KVCache.create(TINY, 1, 16), length=6)
+    np.testing.assert_allclose(logits[:, :6], full[:, :6], atol=1e-5)
+    for t in range(6, 9):
+        logits, cache = model.decode(idx[:, t:t + 1], cache)
+        np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
+
+
+def test_repeat_rows_copies_the_prompt_cache():
+    model, _ = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+    idx = jax.random.randint(jax.random.key(6), (1, 4), 0, TINY.vocab_size)
+    _, cache = model.decode(idx, KVCache.create(TINY, 1, 8))
+    wide = cache.repeat_rows(3)
+    assert wide.k[0].shape[0] == 3 and int(wide.pos) == 4
+    nxt = jnp.array([[1], [2], [3]])
+    logits, _ = model.decode(nxt, wide)
+    for row in range(3):
+        single, _ = model.decode(nxt[row:row + 1], cache)
+        np.testing.assert_allclose(logits[row], single[0], atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    model32, params = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+    graphdef16, _ = split_params(GPT(TINY, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    model16 = nnx.merge(graphdef16, params)
+    idx = jax.random.randint(jax.random.key(7), (2, 16), 0, TINY.vocab_size)
+    logits16, logits32 = model16(idx), model32(idx)
+    assert logits16.dtype == jnp.float32
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(params_of(model16)))
+    # bf16 has ~3 significant digits; the logits must still agree to within a few percent of scale.
+    assert float(jnp.abs(logits16 - logits32).max()) < 0.05 * float(jnp.abs(logits32).max())
+
+
+def test_remat_gives_identical_loss_and_grads():
+    _, params = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+    idx = jax.random.randint(jax.random.key(8), (2, 16), 0, TINY.vocab_size)
+
+    def loss_grad(remat):
+        graphdef, _ = split_params(GPT(TINY, remat=remat, rngs=nnx.Rngs(0)))
+        f = lambda p: nnx.merge(graphdef, p)(idx, idx)  # noqa: E731
+        return jax.jit(jax.value_and_grad(f))(params)
+
+    (l0, g0), (l1, g1) = loss_grad(False), loss_grad(True)
+    assert float(l0) == pytest.approx(float(l1), rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
