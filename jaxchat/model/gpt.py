@@ -14,6 +14,10 @@ kernel is (in, out), the transpose of torch's (out, in) weight:
 
 Mixed precision mirrors nanochat under autocast: params are float32; matmuls and attention run in
 ``dtype`` (bfloat16 on GPU); the residual stream, norms and logits stay float32.
+
+The residual stream is kept flat, (B·T, D), and only attention sees (B, T, heads, hd): weight
+gradients of 2-D activations are plain matmuls, while contracting over (B, T) made XLA:CPU copy a
+transposed cotangent and leave its fast matmul path (3× slower at d4, measured).
 """
 
 from __future__ import annotations
@@ -100,8 +104,9 @@ class CausalSelfAttention(nnx.Module):
         self.c_proj = _linear(d, d, dtype, rngs, zero=True)
 
     def __call__(self, x, cos, sin, cache: tuple[jax.Array, jax.Array, jax.Array] | None = None):
-        """x (B, T, D) → (B, T, D); with ``cache=(k, v, pos)`` also returns the updated (k, v)."""
-        batch, seq, _ = x.shape
+        """x (B·T, D) → (B·T, D), T = len(cos); with ``cache=(k, v, pos)`` also returns the new (k, v)."""
+        seq = cos.shape[0]
+        batch = x.shape[0] // seq
         q = self.c_q(x).reshape(batch, seq, self.n_head, self.head_dim)
         k = self.c_k(x).reshape(batch, seq, self.n_kv_head, self.head_dim)
         v = self.c_v(x).reshape(batch, seq, self.n_kv_head, self.head_dim)
@@ -121,7 +126,7 @@ class CausalSelfAttention(nnx.Module):
             y = jax.nn.dot_product_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype),
                                              mask=mask[None, None], scale=scale, implementation="xla")
             new_kv = (k_cache, v_cache)
-        y = self.c_proj(y.reshape(batch, seq, self.n_head * self.head_dim))
+        y = self.c_proj(y.reshape(batch * seq, self.n_head * self.head_dim))
         return y if cache is None else (y, new_kv)
 
     def _implementation(self, q: jax.Array) -> str | None:
@@ -195,14 +200,15 @@ class GPT(nnx.Module):
                                preferred_element_type=jnp.float32)
 
     def __call__(self, idx: jax.Array, targets: jax.Array | None = None, *, reduction: str = "mean"):
-        cos, sin = rotary_cos_sin(jnp.arange(idx.shape[1]), self.config.head_dim)
-        x = rms_norm(self.wte(idx))
+        batch, seq = idx.shape
+        cos, sin = rotary_cos_sin(jnp.arange(seq), self.config.head_dim)
+        x = rms_norm(self.wte(idx.reshape(-1)))
         for block in self.h:
             if self.remat:
                 x = nnx.remat(lambda blk, x, cos, sin: blk(x, cos, sin))(block, x, cos, sin)
             else:
                 x = block(x, cos, sin)
-        logits = self._logits(x)
+        logits = self._logits(x).reshape(batch, seq, -1)
         return logits if targets is None else cross_entropy(logits, targets, reduction)
 
     def decode(self, idx: jax.Array, cache: KVCache, length: jax.Array | int | None = None):
@@ -211,16 +217,17 @@ class GPT(nnx.Module):
         Returns float32 logits (B, T, V) and the cache advanced by ``length`` positions (default T;
         a right-padded prompt passes its real length so later tokens overwrite the padding).
         """
-        seq = idx.shape[1]
+        batch, seq = idx.shape
         cos, sin = rotary_cos_sin(cache.pos + jnp.arange(seq), self.config.head_dim)
-        x = rms_norm(self.wte(idx))
+        x = rms_norm(self.wte(idx.reshape(-1)))
         new_k, new_v = [], []
         for block, k, v in zip(self.h, cache.k, cache.v):
             x, (k, v) = block.decode(x, cos, sin, (k, v, cache.pos))
             new_k.append(k)
             new_v.append(v)
         advance = seq if length is None else length
-        return self._logits(x), KVCache(tuple(new_k), tuple(new_v), cache.pos + advance)
+        logits = self._logits(x).reshape(batch, seq, -1)
+        return logits, KVCache(tuple(new_k), tuple(new_v), cache.pos + advance)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         logits = self.lm_head(rms_norm(x)).astype(jnp.float32)
