@@ -1,0 +1,109 @@
+"""Throughput and MFU of the jitted train step (model + nanochat optimizer), for one shape.
+
+    python benchmarks/train_step.py --depth 4 --seq 512 --batch 8 --vocab 8192
+
+MFU = FLOPs/token (SPEC §3, ``estimate_flops``) × tokens/s ÷ peak. The peak is measured in the same
+run on CPU (best of several float32 square matmuls, so shared-machine noise hits both sides) and is
+the bf16 dense datasheet figure on GPU (H100 SXM: 989 TFLOP/s) — with the measured bf16 matmul
+shown beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxchat import GPT, GPTConfig, estimate_flops, num_params
+from jaxchat.model import split_params
+from jaxchat.optim import OptimConfig, make_optimizer, muon_momentum_warmup
+from jaxchat.training import init_train_state, make_train_step
+
+GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def best_time(fn, repeats: int) -> float:
+    """Best wall time of ``fn()`` (which must block) over ``repeats`` calls."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_flops_per_second(dtype, n: int, repeats: int = 10) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    return 2 * n**3 / best_time(lambda: matmul(a, b).block_until_ready(), repeats)
+
+
+def peak_flops(dtype) -> tuple[float, str]:
+    """(peak FLOP/s used for MFU, how it was obtained)."""
+    device = jax.devices()[0]
+    if device.platform == "gpu":
+        measured = matmul_flops_per_second(jnp.bfloat16, 8192)
+        for name, peak in GPU_PEAK_BF16.items():
+            if name in device.device_kind:
+                return peak, f"{device.device_kind} bf16 datasheet (measured bf16 matmul {measured / 1e12:.0f} TFLOP/s)"
+        return measured, f"{device.device_kind} measured bf16 matmul"
+    return matmul_flops_per_second(dtype, 2048), f"measured {jnp.dtype(dtype).name} 2048² matmul on {device.device_kind}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8, help="device batch (rows per micro-batch)")
+    parser.add_argument("--accum", type=int, default=1, help="micro-batches per step")
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    args = parser.parse_args(argv)
+
+    on_gpu = jax.devices()[0].platform == "gpu"
+    dtype = jnp.dtype(args.dtype or ("bfloat16" if on_gpu else "float32"))
+    config = GPTConfig.from_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq)
+    graphdef, params = split_params(GPT(config, dtype=dtype, remat=args.remat, rngs=nnx.Rngs(0)))
+    tx = make_optimizer(params, config.n_embd, OptimConfig(), 1.0, muon_momentum_warmup())
+    train_step = make_train_step(graphdef, tx)
+    state = init_train_state(params, tx)
+    tokens = jax.random.randint(jax.random.key(0), (args.accum, args.batch, args.seq + 1), 0, args.vocab)
+    batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:]}
+
+    peak, peak_source = peak_flops(jnp.float32 if not on_gpu else dtype)
+    start = time.perf_counter()
+    for _ in range(2):  # compile + warm up
+        state, metrics = train_step(state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+
+    def one_step():
+        nonlocal state
+        state, m = train_step(state, batch)
+        jax.block_until_ready(m)
+
+    step_s = best_time(one_step, args.steps)
+    tokens_per_step = args.accum * args.batch * args.seq
+    tok_s = tokens_per_step / step_s
+    flops_per_token = estimate_flops(config)
+    mfu = flops_per_token * tok_s / peak
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, dtype {dtype.name}")
+    print(f"model: depth {args.depth}, {num_params(config):,} params, {flops_per_token / 1e6:.1f} MFLOP/token")
+    print(f"peak: {peak / 1e9:.0f} GFLOP/s ({peak_source})")
+    print(f"compile+2 steps: {compile_s:.1f} s")
+    print("| depth | seq | batch×accum | dtype | step (ms) | tok/s | MFU |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.depth} | {args.seq} | {args.batch}×{args.accum} | {dtype.name} | {step_s * 1e3:.0f} "
+          f"| {tok_s:,.0f} | {mfu:.1%} |")
+
+
+if __name__ == "__main__":
+    main()

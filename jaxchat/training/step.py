@@ -1,0 +1,80 @@
+"""The jitted train step: gradient accumulation inside the jit, clipping/optimizer via optax.
+
+The hot loop works on plain pytrees: ``graphdef, params`` come from splitting the model once, and the
+step merges a model view inside the jit (JAX_NOTES: ~0.5 ms/step instead of ~9 ms for nnx.jit).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxchat import sharding
+
+Params = Any
+Batch = dict[str, jax.Array]  # {"inputs", "targets"}: int32 (accumulation, batch, time)
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Params
+    opt_state: optax.OptState
+
+
+def init_train_state(params: Params, tx: optax.GradientTransformation) -> TrainState:
+    """A fresh state at step 0 (used by every stage: mid and SFT start a new optimizer)."""
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
+                    lr_multiplier: Callable[[jax.Array], jax.Array] | None = None,
+                    mesh: Mesh | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Build ``train_step(state, batch) -> (state, metrics)``, jitted with the state donated.
+
+    The batch's leading axis holds the micro-batches; gradients are summed over them in a scan and
+    normalised by the total number of target tokens (≠ −1), so k micro-batches give exactly the
+    gradient of one batch k times larger. Metrics: loss, grad_norm (before clipping), lrm, tokens.
+    ``lr_multiplier`` is only reported (the optimizer applies its own schedule).
+    With ``mesh``, the state is replicated and the batch split over the data axis.
+    """
+
+    def loss_sum(params, inputs, targets):
+        model = nnx.merge(graphdef, params)
+        return model(inputs, targets, reduction="sum"), (targets != -1).sum()
+
+    grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        def micro_step(carry, micro_batch):
+            grads, loss, tokens = carry
+            (micro_loss, micro_tokens), micro_grads = grad_fn(state.params, micro_batch["inputs"],
+                                                              micro_batch["targets"])
+            grads = jax.tree.map(jnp.add, grads, micro_grads)
+            return (grads, loss + micro_loss, tokens + micro_tokens), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        carry = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        (grads, loss, tokens), _ = jax.lax.scan(micro_step, carry, batch)
+        denominator = jnp.maximum(tokens, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss / denominator,
+            "grad_norm": optax.tree.norm(grads),
+            "lrm": jnp.asarray(lr_multiplier(state.step) if lr_multiplier else 1.0, jnp.float32),
+            "tokens": tokens,
+        }
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0,
+                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+                   out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))

@@ -1,0 +1,142 @@
+"""The jitted train step: overfitting, accumulation equivalence, donation, data-parallel equivalence."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxchat import GPT, GPTConfig
+from jaxchat.model import split_params
+from jaxchat.optim import OptimConfig, make_optimizer, muon_momentum_warmup, param_group
+from jaxchat.training import init_train_state, make_train_step
+
+TINY = GPTConfig(sequence_len=32, vocab_size=128, n_layer=2, n_head=2, n_kv_head=1, n_embd=64)
+
+
+def random_batch(key, accumulation, batch, seq=32, vocab=128):
+    tokens = jax.random.randint(key, (accumulation, batch, seq + 1), 0, vocab)
+    return {"inputs": tokens[..., :-1], "targets": tokens[..., 1:]}
+
+
+def nanochat_optimizer(params, lr_multiplier=1.0):
+    # float32 Newton–Schulz: bf16 rounding (≈ 2.5 %) would swamp the float32 differences compared here.
+    config = OptimConfig(ns_dtype=jnp.float32)
+    return make_optimizer(params, TINY.n_embd, config, lr_multiplier, muon_momentum_warmup())
+
+
+def test_tiny_model_overfits_a_fixed_batch():
+    graphdef, params = split_params(GPT(TINY, rngs=nnx.Rngs(0)))
+    tx = nanochat_optimizer(params)
+    step = make_train_step(graphdef, tx)
+    state = init_train_state(params, tx)
+    batch = random_batch(jax.random.key(0), 1, 4)
+    losses = []
+    for _ in range(60):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[0] == pytest.approx(math.log(TINY.vocab_size), rel=1e-5)  # zero-init lm_head
+    assert losses[-1] < 0.2 * losses[0], losses[::10]
+    assert int(state.step) == 60
+
+
+@pytest.mark.parametrize("tx_name", ["sgd", "nanochat"])
+def test_accumulation_equals_one_big_batch(tx_name):
+    graphdef, params = split_params(GPT(TINY, rngs=nnx.Rngs(1)))
+    params = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.key(9), a.shape), params)
+    big = random_batch(jax.random.key(1), 1, 8)
+    # Uneven masking across micro-batches: normalisation must be by total target count.
+    big["targets"] = big["targets"].at[0, :3, 5:].set(-1)
+    split = jax.tree.map(lambda a: a.reshape(4, 2, -1), big)
+
+    def run(batch):
+        tx = optax.sgd(0.5) if tx_name == "sgd" else nanochat_optimizer(params)
+        step = make_train_step(graphdef, tx)
+        state = init_train_state(jax.tree.map(jnp.copy, params), tx)
+        for _ in range(2):
+            state, metrics = step(state, batch)
+        return state.params, metrics
+
+    (p_big, m_big), (p_split, m_split) = run(big), run(split)
+    assert int(m_big["tokens"]) == int(m_split["tokens"]) == 8 * 32 - 3 * 27
+    assert float(m_big["loss"]) == pytest.approx(float(m_split["loss"]), rel=1e-5)
+    assert float(m_big["grad_norm"]) == pytest.approx(float(m_split["grad_norm"]), rel=1e-4)
+    # The sgd case pins the gradients themselves. Under the nanochat optimizer, Muon's normalised
+    # updates keep float32 summation-order noise tiny, but AdamW (eps 1e-10) divides each element
+    # by its own magnitude, so a near-zero embedding gradient turns that noise into ~1e-3.
+    def close(path, a, b):
+        adamw = param_group(path) != "matrix" and tx_name == "nanochat"
+        np.testing.assert_allclose(a, b, atol=5e-3 if adamw else 2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+    jax.tree_util.tree_map_with_path(close, p_big, p_split)
+
+
+def test_state_is_donated_and_metrics_stay_on_device():
+    graphdef, params = split_params(GPT(TINY, rngs=nnx.Rngs(0)))
+    tx = nanochat_optimizer(params, lr_multiplier=lambda s: 1.0 - s / 10)
+    step = make_train_step(graphdef, tx, lr_multiplier=lambda s: 1.0 - s / 10)
+    state = init_train_state(params, tx)
+    old_leaf = jax.tree.leaves(state.params)[0]
+    state, metrics = step(state, random_batch(jax.random.key(0), 1, 2))
+    assert old_leaf.is_deleted()
+    assert isinstance(metrics["loss"], jax.Array)
+    state, metrics = step(state, random_batch(jax.random.key(1), 1, 2))
+    assert float(metrics["lrm"]) == pytest.approx(0.9)
+    assert set(metrics) == {"loss", "grad_norm", "lrm", "tokens"}
+
+
+SHARDED_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from flax import nnx
+    from jaxchat import GPT, GPTConfig
+    from jaxchat.model import split_params
+    from jaxchat.optim import OptimConfig, make_optimizer, muon_momentum_warmup
+    from jaxchat.training import init_train_state, make_train_step
+    from jaxchat import sharding
+    assert jax.device_count() == 4, jax.devices()
+    config = GPTConfig(sequence_len=32, vocab_size=128, n_layer=2, n_head=2, n_kv_head=1, n_embd=64)
+    graphdef, params = split_params(GPT(config, rngs=nnx.Rngs(0)))
+    tokens = jax.random.randint(jax.random.key(0), (2, 8, 33), 0, 128)
+    batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:]}
+
+    def run(mesh):
+        tx = make_optimizer(params, 64, OptimConfig(ns_dtype=jnp.float32), 1.0, muon_momentum_warmup())
+        state = init_train_state(jax.tree.map(jnp.copy, params), tx)
+        b = batch
+        if mesh is not None:
+            state, b = sharding.replicate(state, mesh), sharding.shard_batch(batch, mesh)
+        step = make_train_step(graphdef, tx, mesh=mesh)
+        for _ in range(3):
+            state, metrics = step(state, b)
+        return state, metrics
+
+    single, m1 = run(None)
+    mesh = sharding.make_mesh()
+    sharded, m4 = run(mesh)
+    leaf = jax.tree.leaves(sharded.params)[0]
+    assert len(leaf.sharding.device_set) == 4 and leaf.sharding.is_fully_replicated
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
+                 single.params, sharded.params)
+    try:
+        sharding.shard_batch({"inputs": jnp.zeros((1, 6, 4), jnp.int32)}, mesh)
+        raise SystemExit("a batch of 6 rows was split over 4 devices")
+    except ValueError as error:
+        assert "divisible" in str(error)
+    print("SHARDED_OK", float(m4["loss"]))
+""")
+
+
+def test_data_parallel_step_equals_single_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "SHARDED_OK" in result.stdout, result.stderr[-3000:]
+
