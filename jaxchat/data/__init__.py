@@ -1,0 +1,1 @@
+"""Data: downloads, FineWeb shards, task files and the grain input pipelines."""

@@ -1,0 +1,182 @@
+"""Where every downloaded item lives in ``$JAXCHAT_HOME`` (SPEC §0), and checks that it is there.
+
+This module is the single source of truth for the cache layout: the downloader writes these paths
+and the tasks / training code read them. It never touches the network.
+
+Layout (``<home>`` = ``$JAXCHAT_HOME``, default ``~/.cache/jaxchat``)::
+
+    <home>/base_data/shard_00000.parquet ...       FineWeb-Edu shards (column `text`)
+    <home>/tasks/<name>/<config>/<split>.parquet    one file per HF dataset split (HF schema, unchanged)
+    <home>/tasks/.hf_cache/                          datasets' Arrow cache of those files (derived; deletable)
+    <home>/identity_conversations.jsonl
+    <home>/words_alpha.txt
+    <home>/eval_bundle/{core.yaml, eval_meta_data.csv, eval_data/...}
+
+``<config>`` is ``default`` for HF datasets without configs. The task files are:
+
+    tasks/smoltalk/default/{train,test}.parquet              HuggingFaceTB/smol-smoltalk
+    tasks/mmlu/auxiliary_train/train.parquet                 cais/mmlu, config auxiliary_train
+    tasks/mmlu/all/{test,validation,dev}.parquet             cais/mmlu, config all
+    tasks/gsm8k/main/{train,test}.parquet                    openai/gsm8k, config main
+    tasks/arc/ARC-Easy/{train,validation,test}.parquet       allenai/ai2_arc
+    tasks/arc/ARC-Challenge/{train,validation,test}.parquet  allenai/ai2_arc
+    tasks/humaneval/default/test.parquet                     openai/openai_humaneval
+
+(``cais/mmlu`` config ``all`` also has an ``auxiliary_train`` split; it repeats the
+``auxiliary_train`` config's rows, so it is not downloaded.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jaxchat.common import JaxchatError, jaxchat_home
+
+DOWNLOAD_MODULE = "python -m jaxchat.data.download"
+FINEWEB_DIR = "base_data"
+TASKS_DIR = "tasks"
+HF_CACHE_DIR = ".hf_cache"
+IDENTITY_FILE = "identity_conversations.jsonl"
+WORDS_FILE = "words_alpha.txt"
+EVAL_BUNDLE_DIR = "eval_bundle"
+NO_CONFIG = "default"  # local directory name for HF datasets that have no config
+
+
+@dataclass(frozen=True)
+class HFSource:
+    """One HF dataset config and the splits of it that jaxchat keeps locally."""
+
+    name: str  # directory under tasks/
+    repo: str  # HF dataset id
+    config: str | None  # HF config name (None: the dataset has no configs)
+    splits: tuple[str, ...]
+
+    @property
+    def local_config(self) -> str:
+        """The directory name used for this config under ``tasks/<name>/``."""
+        return self.config or NO_CONFIG
+
+    @property
+    def url(self) -> str:
+        """The dataset's page on the HF hub (for messages)."""
+        return f"https://huggingface.co/datasets/{self.repo}"
+
+
+HF_SOURCES: tuple[HFSource, ...] = (
+    HFSource("smoltalk", "HuggingFaceTB/smol-smoltalk", None, ("train", "test")),
+    HFSource("mmlu", "cais/mmlu", "auxiliary_train", ("train",)),
+    HFSource("mmlu", "cais/mmlu", "all", ("test", "validation", "dev")),
+    HFSource("gsm8k", "openai/gsm8k", "main", ("train", "test")),
+    HFSource("arc", "allenai/ai2_arc", "ARC-Easy", ("train", "validation", "test")),
+    HFSource("arc", "allenai/ai2_arc", "ARC-Challenge", ("train", "validation", "test")),
+    HFSource("humaneval", "openai/openai_humaneval", None, ("test",)),
+)
+
+# `--only` group of each item, for the command printed in error messages.
+ITEMS: dict[str, str] = {
+    "fineweb": "fineweb",
+    "identity": "tasks",
+    "words": "tasks",
+    "eval_bundle": "eval",
+    **{src.name: "tasks" for src in HF_SOURCES},
+}
+
+
+def _home(home: str | Path | None) -> Path:
+    return Path(home) if home is not None else jaxchat_home()
+
+
+def download_command(item: str) -> str:
+    """The exact shell command that downloads ``item`` (a key of ``ITEMS``)."""
+    group = ITEMS.get(item)
+    if group is None:
+        raise JaxchatError(f"unknown cache item {item!r}; expected one of {sorted(ITEMS)}")
+    if group == "fineweb":
+        return f"{DOWNLOAD_MODULE} --only fineweb -n 8"
+    return f"{DOWNLOAD_MODULE} --only {group}"
+
+
+def tmp_path_for(path: Path) -> Path:
+    """The in-progress name of ``path``: never mistaken for a complete file (``<name>.tmp``)."""
+    return path.with_name(path.name + ".tmp")
+
+
+def hf_source(name: str, config: str | None = None) -> HFSource:
+    """The ``HFSource`` for local dataset ``name`` and config (None or 'default' for no config)."""
+    wanted = None if config in (None, NO_CONFIG) else config
+    for src in HF_SOURCES:
+        if src.name == name and src.config == wanted:
+            return src
+    known = sorted({f"{s.name}/{s.local_config}" for s in HF_SOURCES})
+    raise JaxchatError(f"unknown task dataset {name}/{config or NO_CONFIG}; expected one of {known}")
+
+
+def task_file(name: str, config: str | None, split: str, home: str | Path | None = None) -> Path:
+    """Path of the local parquet copy of one HF split (it may not exist yet)."""
+    src = hf_source(name, config)
+    if split not in src.splits:
+        raise JaxchatError(
+            f"{src.repo} config {src.local_config} has no split {split!r} in the cache; "
+            f"expected one of {list(src.splits)}"
+        )
+    return _home(home) / TASKS_DIR / src.name / src.local_config / f"{split}.parquet"
+
+
+def hf_cache_dir(home: str | Path | None = None) -> Path:
+    """Directory for datasets' Arrow cache of the local task files (kept inside the jaxchat cache)."""
+    return _home(home) / TASKS_DIR / HF_CACHE_DIR
+
+
+def require_task_file(name: str, config: str | None, split: str, home: str | Path | None = None) -> Path:
+    """Like ``task_file`` but raises JaxchatError, with the download command, when the file is missing."""
+    path = task_file(name, config, split, home)
+    if not path.is_file():
+        src = hf_source(name, config)
+        raise JaxchatError(
+            f"{path} is missing (HF dataset {src.repo}, config {src.local_config}, split {split}); "
+            f"download it with `{download_command(name)}`"
+        )
+    return path
+
+
+def ensure_available(item: str, home: str | Path | None = None) -> Path:
+    """Check that cache item ``item`` is complete on disk and return its path.
+
+    Items: ``fineweb`` (``base_data/``, at least 2 shards), ``identity``, ``words``, ``eval_bundle``,
+    and the task datasets ``smoltalk``, ``mmlu``, ``gsm8k``, ``arc``, ``humaneval`` (every split the
+    downloader keeps; returns ``tasks/<name>``). Raises JaxchatError naming what is missing and the
+    exact download command.
+    """
+    root = _home(home)
+    command = download_command(item)
+    if item == "fineweb":
+        directory = root / FINEWEB_DIR
+        n = len(list(directory.glob("shard_*.parquet"))) if directory.is_dir() else 0
+        if n < 2:
+            raise JaxchatError(
+                f"{directory} holds {n} shard_*.parquet file(s), expected at least 2 "
+                f"(the last is the validation shard); download them with `{command}`"
+            )
+        return directory
+    if item == "identity":
+        path = root / IDENTITY_FILE
+    elif item == "words":
+        path = root / WORDS_FILE
+    elif item == "eval_bundle":
+        path = root / EVAL_BUNDLE_DIR
+        missing = [p for p in ("core.yaml", "eval_meta_data.csv", "eval_data") if not (path / p).exists()]
+        if missing:
+            raise JaxchatError(
+                f"{path} is missing {', '.join(missing)}; download the CORE eval bundle with `{command}`"
+            )
+        return path
+    else:
+        for src in HF_SOURCES:
+            if src.name == item:
+                for split in src.splits:
+                    require_task_file(src.name, src.config, split, root)
+        return root / TASKS_DIR / item
+    if not path.is_file():
+        raise JaxchatError(f"{path} is missing; download it with `{command}`")
+    return path

@@ -1,0 +1,432 @@
+"""Fill ``$JAXCHAT_HOME`` with everything the recipe reads (SPEC §0), so training never needs the network.
+
+    python -m jaxchat.data.download                  # 8 FineWeb shards + task datasets + eval bundle
+    python -m jaxchat.data.download -n 240           # enough FineWeb-Edu for d20 (-n -1: all 1823)
+    python -m jaxchat.data.download --only fineweb -n 8 --workers 8
+    python -m jaxchat.data.download --only tasks     # HF datasets, identity conversations, word list
+    python -m jaxchat.data.download --only eval      # the CORE eval bundle
+    python -m jaxchat.data.download --from-text DIR  # shards from your own .txt/.md/.jsonl corpus
+
+What goes where (see ``jaxchat.data.cache`` for the full layout):
+
+    base_data/shard_{i:05d}.parquet          FINEWEB_URL.format(i=i), i = 0 … 1822
+    tasks/<name>/<config>/<split>.parquet    ``datasets.load_dataset(repo, config, split=split).to_parquet``
+    identity_conversations.jsonl             IDENTITY_URL
+    words_alpha.txt                          WORDS_URL
+    eval_bundle/                             EVAL_BUNDLE_URL, unzipped (the zip is deleted afterwards)
+
+Every file is written as ``<name>.tmp`` and renamed when complete; existing files are skipped, so
+re-running the same command resumes (partial ``.tmp`` downloads continue with HTTP Range). When an
+item cannot be fetched, one line per item names it, its URL and where to put it by hand, and the
+command exits with status 1. The URL constants are module attributes so they can be pointed at a
+mirror (or a test server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from jaxchat.common import JaxchatError, jaxchat_home
+from jaxchat.data.cache import (
+    EVAL_BUNDLE_DIR,
+    FINEWEB_DIR,
+    HF_SOURCES,
+    IDENTITY_FILE,
+    WORDS_FILE,
+    HFSource,
+    ensure_available,
+    task_file,
+    tmp_path_for,
+)
+from jaxchat.data.from_text import CHARS_PER_SHARD, ROW_GROUP_SIZE, shards_from_text
+from jaxchat.data.http import DownloadError, Progress, fetch
+
+__all__ = [
+    "EVAL_BUNDLE_URL",
+    "FINEWEB_URL",
+    "IDENTITY_URL",
+    "MAX_SHARD",
+    "WORDS_URL",
+    "DownloadReport",
+    "download_eval_bundle",
+    "download_file",
+    "download_fineweb",
+    "download_hf_tasks",
+    "download_task_files",
+    "ensure_available",
+    "main",
+]
+
+FINEWEB_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_{i:05d}.parquet"
+MAX_SHARD = 1822  # the last shard index on the hub (1823 shards)
+IDENTITY_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
+WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
+EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
+DEFAULT_SHARDS = 8  # enough to train the tokenizer (2B chars); d20 pretraining wants 240
+DEFAULT_WORKERS = 4
+
+
+@dataclass
+class DownloadReport:
+    """What one download step did: items fetched, items already present, and one message per missing item."""
+
+    fetched: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    nbytes: int = 0
+
+    def merge(self, other: DownloadReport) -> DownloadReport:
+        """Add ``other``'s counts to this report (returns self)."""
+        self.fetched += other.fetched
+        self.present += other.present
+        self.missing += other.missing
+        self.nbytes += other.nbytes
+        return self
+
+
+def _missing_message(what: str, url: str, dest: Path, reason: str) -> str:
+    return (
+        f"MISSING {what}: could not download {url} ({reason}); "
+        f"without network, fetch it elsewhere and put it at {dest}"
+    )
+
+
+def _bar(desc: str, progress: bool) -> Any:
+    # disable=None: show bars on a terminal only, so logs stay readable.
+    return tqdm(total=0, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=None if progress else True)
+
+
+class _Breaker:
+    """Stops new attempts once the network is clearly unreachable (nothing succeeded, connection failed)."""
+
+    def __init__(self):
+        self.any_success = False
+        self.down_reason: str | None = None
+
+    def record(self, ok: bool, err: DownloadError | None = None) -> None:
+        if ok:
+            self.any_success = True
+        elif err is not None and err.network and not self.any_success:
+            self.down_reason = str(err)
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    what: str,
+    *,
+    progress: Progress | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    breaker: _Breaker | None = None,
+) -> DownloadReport:
+    """Fetch one URL to ``dest`` (skipped when ``dest`` exists); failures become a ``missing`` message."""
+    report = DownloadReport()
+    if dest.exists():
+        report.present.append(what)
+        report.nbytes += dest.stat().st_size
+        if progress is not None:
+            progress.add_total(dest.stat().st_size, new_file=True)
+            progress.add_done(dest.stat().st_size)
+        return report
+    if breaker is not None and breaker.down_reason is not None:
+        reason = "not tried: the network looks unreachable, see the first error"
+        report.missing.append(_missing_message(what, url, dest, reason))
+        return report
+    try:
+        size = fetch(url, dest, retries=retries, backoff=backoff, timeout=timeout, progress=progress)
+    except DownloadError as e:
+        if breaker is not None:
+            breaker.record(False, e)
+        report.missing.append(_missing_message(what, url, dest, str(e)))
+        return report
+    except OSError as e:  # disk full, permissions: not worth retrying
+        report.missing.append(_missing_message(what, url, dest, f"{type(e).__name__}: {e}"))
+        return report
+    if breaker is not None:
+        breaker.record(True)
+    report.fetched.append(what)
+    report.nbytes += size
+    return report
+
+
+def download_fineweb(
+    num_shards: int = DEFAULT_SHARDS,
+    home: str | Path | None = None,
+    *,
+    url: str | None = None,
+    workers: int = DEFAULT_WORKERS,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    progress: bool = True,
+) -> DownloadReport:
+    """Download FineWeb-Edu shards ``0 … num_shards-1`` (-1: all) into ``<home>/base_data`` with a thread pool.
+
+    ``url`` is a format string with ``{i}`` (default ``FINEWEB_URL``).
+    """
+    url = url or FINEWEB_URL
+    total = MAX_SHARD + 1
+    n = total if num_shards == -1 else num_shards
+    if not 0 < n <= total:
+        raise JaxchatError(f"-n {num_shards}: expected 1 … {total} shards, or -1 for all of them")
+    if workers < 1:
+        raise JaxchatError(f"--workers {workers}: expected at least 1")
+    directory = (Path(home) if home is not None else jaxchat_home()) / FINEWEB_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    breaker = _Breaker()
+    report = DownloadReport()
+    with _bar("fineweb", progress) as bar:
+        shared = Progress(bar, expected_files=n)
+
+        def one(i: int) -> DownloadReport:
+            dest = directory / f"shard_{i:05d}.parquet"
+            return download_file(
+                url.format(i=i), dest, f"{FINEWEB_DIR}/{dest.name}", progress=shared,
+                retries=retries, backoff=backoff, timeout=timeout, breaker=breaker,
+            )
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for k, future in enumerate(as_completed([pool.submit(one, i) for i in range(n)]), 1):
+                report.merge(future.result())
+                bar.set_postfix_str(f"{k}/{n} shards", refresh=True)
+    report.fetched.sort()
+    report.present.sort()
+    report.missing.sort()
+    return report
+
+
+LoadFn = Callable[..., Any]
+
+
+def _default_load_fn() -> LoadFn:
+    from datasets import load_dataset  # imported lazily: only this step needs it
+
+    return load_dataset
+
+
+def _hf_split(src: HFSource, split: str, dest: Path, load_fn: LoadFn) -> None:
+    """Fetch one split with ``datasets`` and save it as ``dest`` (via ``dest.tmp``)."""
+    args = (src.repo,) if src.config is None else (src.repo, src.config)
+    ds = load_fn(*args, split=split)
+    tmp = tmp_path_for(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ds.to_parquet(str(tmp))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _looks_like_network(err: BaseException) -> bool:
+    names = " ".join(type(e).__name__ for e in (err, err.__cause__, err.__context__) if e is not None)
+    keywords = ("Connection", "Timeout", "Offline", "HTTP")
+    return isinstance(err, (OSError, TimeoutError)) or any(k in names for k in keywords)
+
+
+def download_hf_tasks(
+    home: str | Path | None = None,
+    *,
+    load_fn: LoadFn | None = None,
+    sources: Sequence[HFSource] = HF_SOURCES,
+) -> DownloadReport:
+    """Save each HF dataset split of ``sources`` as ``tasks/<name>/<config>/<split>.parquet``.
+
+    ``load_fn`` defaults to ``datasets.load_dataset`` (called as ``load_fn(repo[, config], split=...)``
+    and expected to return something with ``to_parquet``). Once a split fails with a network-looking
+    error and none has succeeded, the remaining ones are reported without being tried.
+    """
+    home = Path(home) if home is not None else jaxchat_home()
+    report = DownloadReport()
+    down: str | None = None
+    any_ok = False
+    for src in sources:
+        for split in src.splits:
+            dest = task_file(src.name, src.config, split, home)
+            what = f"tasks/{src.name}/{src.local_config}/{split}.parquet"
+            if dest.exists():
+                report.present.append(what)
+                report.nbytes += dest.stat().st_size
+                continue
+            config = "" if src.config is None else f", {src.config!r}"
+            by_hand = (
+                f"datasets.load_dataset({src.repo!r}{config}, split={split!r}).to_parquet('{split}.parquet')"
+            )
+            if down is not None:
+                reason = "not tried: the Hugging Face Hub looks unreachable, see the first error"
+            else:
+                try:
+                    print(f"fetching {src.repo} {src.local_config}/{split} ...", file=sys.stderr)
+                    _hf_split(src, split, dest, load_fn or _default_load_fn())
+                    any_ok = True
+                    report.fetched.append(what)
+                    report.nbytes += dest.stat().st_size
+                    continue
+                except Exception as e:  # datasets raises many types; any failure means "missing"
+                    reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+                    if not any_ok and _looks_like_network(e):
+                        down = reason
+            report.missing.append(
+                f"MISSING {what}: could not download {src.url} ({reason}); without network, run "
+                f"`{by_hand}` elsewhere and put the file at {dest}"
+            )
+    return report
+
+
+def _find_bundle_root(extracted: Path) -> Path:
+    """The directory holding core.yaml in an unzipped bundle (the zip has an ``eval_bundle/`` top folder)."""
+    if (extracted / "core.yaml").is_file():
+        return extracted
+    for candidate in sorted(extracted.rglob("core.yaml")):
+        return candidate.parent
+    contents = sorted(p.name for p in extracted.iterdir())
+    raise JaxchatError(f"the eval bundle zip has no core.yaml (contents: {contents})")
+
+
+def download_eval_bundle(
+    home: str | Path | None = None,
+    *,
+    url: str | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    progress: bool = True,
+) -> DownloadReport:
+    """Download ``eval_bundle.zip`` and unzip it to ``<home>/eval_bundle`` (via a temp dir + rename)."""
+    url = url or EVAL_BUNDLE_URL
+    home = Path(home) if home is not None else jaxchat_home()
+    target = home / EVAL_BUNDLE_DIR
+    if (target / "core.yaml").is_file():
+        return DownloadReport(present=[EVAL_BUNDLE_DIR])
+    home.mkdir(parents=True, exist_ok=True)
+    zip_path = home / "eval_bundle.zip"
+    with _bar("eval_bundle.zip", progress) as bar:
+        report = download_file(
+            url, zip_path, "eval_bundle.zip", progress=Progress(bar), retries=retries, backoff=backoff, timeout=timeout
+        )
+    if report.missing:
+        note = f"put it at {zip_path} (it is unzipped to {target} on the next run)"
+        report.missing = [m.replace(f"put it at {zip_path}", note) for m in report.missing]
+        return report
+    staging = Path(tempfile.mkdtemp(prefix=".eval_bundle.", suffix=".tmp", dir=home))
+    try:
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                zf.extractall(staging)  # extractall drops absolute and '..' member paths
+        except zipfile.BadZipFile as e:
+            zip_path.unlink(missing_ok=True)  # a corrupt zip must not be skipped as complete next time
+            message = _missing_message(EVAL_BUNDLE_DIR, url, zip_path, f"bad zip file ({e}); deleted it")
+            return DownloadReport(missing=[message])
+        root = _find_bundle_root(staging)
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete bundle (no core.yaml) from some earlier attempt
+        os.replace(root, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    zip_path.unlink(missing_ok=True)
+    return DownloadReport(fetched=[EVAL_BUNDLE_DIR], nbytes=report.nbytes)
+
+
+def download_task_files(
+    home: str | Path | None = None,
+    *,
+    identity_url: str | None = None,
+    words_url: str | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    progress: bool = True,
+) -> DownloadReport:
+    """Download identity_conversations.jsonl and words_alpha.txt into ``home``."""
+    home = Path(home) if home is not None else jaxchat_home()
+    report = DownloadReport()
+    breaker = _Breaker()
+    for url, name in ((identity_url or IDENTITY_URL, IDENTITY_FILE), (words_url or WORDS_URL, WORDS_FILE)):
+        with _bar(name, progress) as bar:
+            report.merge(download_file(url, home / name, name, progress=Progress(bar), retries=retries,
+                                       backoff=backoff, timeout=timeout, breaker=breaker))
+    return report
+
+
+def _human(nbytes: int) -> str:
+    size = float(nbytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jaxchat.data.download", description=__doc__.split("\n\n")[0])
+    p.add_argument("-n", "--num-shards", type=int, default=DEFAULT_SHARDS,
+                   help=f"FineWeb-Edu shards to download (default {DEFAULT_SHARDS}; -1 = all {MAX_SHARD + 1})")
+    p.add_argument("--only", choices=("fineweb", "tasks", "eval"), help="download only this group")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="parallel shard downloads")
+    p.add_argument("--retries", type=int, default=5, help="retries per file (exponential back-off)")
+    p.add_argument("--from-text", metavar="DIR",
+                   help="instead of downloading, make shards from your own .txt/.md/.jsonl files")
+    p.add_argument("--chars-per-shard", type=int, default=CHARS_PER_SHARD,
+                   help="with --from-text: characters per shard")
+    p.add_argument("--out", metavar="DIR", help="with --from-text: output directory (default $JAXCHAT_HOME/base_data)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI. Returns the exit status: 0 when everything asked for is in the cache, 1 otherwise."""
+    args = _parser().parse_args(argv)
+    home = jaxchat_home()
+    try:
+        if args.from_text:
+            out = Path(args.out) if args.out else home / FINEWEB_DIR
+            paths = shards_from_text(
+                args.from_text, out, chars_per_shard=args.chars_per_shard, row_group_size=ROW_GROUP_SIZE
+            )
+            size = _human(sum(p.stat().st_size for p in paths))
+            print(f"wrote {len(paths)} shards ({size}) to {out}; the last, {paths[-1].name}, is the validation shard")
+            return 0
+        report = DownloadReport()
+        kw = {"retries": args.retries}
+        if args.only in (None, "fineweb"):
+            r = download_fineweb(args.num_shards, home, workers=args.workers, **kw)
+            have = len(r.fetched) + len(r.present)
+            print(f"fineweb: {have} of {have + len(r.missing)} shards in {home / FINEWEB_DIR} "
+                  f"({_human(r.nbytes)}; {len(r.fetched)} downloaded, {len(r.present)} already there)")
+            report.merge(r)
+        if args.only in (None, "tasks"):
+            r = download_hf_tasks(home).merge(download_task_files(home, **kw))
+            print(f"tasks: {len(r.fetched) + len(r.present)} files in {home} ({_human(r.nbytes)}; "
+                  f"{len(r.fetched)} downloaded, {len(r.present)} already there)")
+            report.merge(r)
+        if args.only in (None, "eval"):
+            r = download_eval_bundle(home, **kw)
+            report.merge(r)
+            if not r.missing:
+                print(f"eval: CORE bundle in {home / EVAL_BUNDLE_DIR}")
+    except JaxchatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for message in report.missing:
+        print(message, file=sys.stderr)
+    if report.missing:
+        print(f"{len(report.missing)} item(s) missing; re-run the same command to resume.", file=sys.stderr)
+        return 1
+    print(f"done: {_human(report.nbytes)} in {home}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

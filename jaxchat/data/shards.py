@@ -1,0 +1,84 @@
+"""FineWeb-Edu shards on disk: find them, split train/val, stream their documents in order.
+
+Shards are ``$JAXCHAT_HOME/base_data/shard_XXXXX.parquet`` with one string column ``text``; the
+LAST shard (in name order) is the validation shard (SPEC §0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jaxchat.common import JaxchatError, jaxchat_home
+
+DOWNLOAD_HINT = "python -m jaxchat.data.download --only fineweb -n 8"
+
+
+def default_data_dir() -> Path:
+    """``$JAXCHAT_HOME/base_data``."""
+    return jaxchat_home() / "base_data"
+
+
+def list_shards(data_dir: str | Path | None = None) -> list[Path]:
+    """All ``shard_*.parquet`` files in ``data_dir`` (default ``$JAXCHAT_HOME/base_data``), sorted by name."""
+    directory = Path(data_dir) if data_dir is not None else default_data_dir()
+    paths = sorted(directory.glob("shard_*.parquet")) if directory.is_dir() else []
+    if not paths:
+        raise JaxchatError(f"no shard_*.parquet files in {directory}; download some with `{DOWNLOAD_HINT}`")
+    return paths
+
+
+def split_shards(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """``(train, val)``: val is the last shard alone, train all the others (at least 2 shards needed)."""
+    paths = list(paths)
+    if len(paths) < 2:
+        raise JaxchatError(
+            f"found {len(paths)} shard(s); expected at least 2 (the last one is held out for validation): "
+            f"`{DOWNLOAD_HINT}`"
+        )
+    return paths[:-1], paths[-1:]
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise JaxchatError(f"{path}: cannot read as parquet ({e}); re-download it with `{DOWNLOAD_HINT}`") from None
+    names = pf.schema_arrow.names
+    if "text" not in names:
+        raise JaxchatError(f"{path}: no 'text' column (columns: {names}); expected a FineWeb-Edu shard")
+    if not pa.types.is_string(pf.schema_arrow.field("text").type) and not pa.types.is_large_string(
+        pf.schema_arrow.field("text").type
+    ):
+        raise JaxchatError(f"{path}: column 'text' has type {pf.schema_arrow.field('text').type}, expected string")
+    return pf
+
+
+def iter_texts(paths: Sequence[Path], max_chars: int | None = None, doc_cap: int | None = None) -> Iterator[str]:
+    """Yield document texts from ``paths`` in order, reading one parquet row group at a time.
+
+    Each document is cut to ``doc_cap`` characters; the stream stops after exactly ``max_chars``
+    characters in all (the last document is cut to fit). Null texts are skipped.
+    """
+    remaining = max_chars
+    for path in paths:
+        if remaining is not None and remaining <= 0:
+            return
+        pf = _open(Path(path))
+        for rg in range(pf.num_row_groups):
+            for text in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
+                if text is None:
+                    continue
+                if doc_cap is not None:
+                    text = text[:doc_cap]
+                if remaining is not None:
+                    if remaining <= 0:
+                        return
+                    text = text[:remaining]
+                    remaining -= len(text)
+                yield text
+            if remaining is not None and remaining <= 0:
+                return

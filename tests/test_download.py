@@ -1,0 +1,364 @@
+"""The downloader against a loopback HTTP server (never a real host), and --from-text."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import socket
+import threading
+import zipfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from jaxchat.common import JaxchatError
+from jaxchat.data import download
+from jaxchat.data.cache import HF_SOURCES, ensure_available, task_file
+from jaxchat.data.download import download_eval_bundle, download_fineweb, download_hf_tasks, main
+from jaxchat.data.shards import iter_texts, list_shards
+from tests.fixtures.fineweb import write_fineweb_shards
+from tests.fixtures.tasks import (
+    ARC_SCHEMA,
+    GSM8K_SCHEMA,
+    HUMANEVAL_PROBLEMS,
+    HUMANEVAL_SCHEMA,
+    MMLU_AUX_SCHEMA,
+    MMLU_SCHEMA,
+    SMOLTALK_SCHEMA,
+    arc_rows,
+    gsm8k_rows,
+    mmlu_rows,
+    smoltalk_rows,
+    write_eval_bundle,
+)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.files``; honours ``Range: bytes=N-``; plays the failures queued in ``server.fail``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        srv.log.append((self.path, self.headers.get("Range"), self.headers.get("User-Agent")))
+        queue = srv.fail.get(self.path)
+        action = queue.pop(0) if queue else None
+        if action in ("503", "500", "429"):
+            self.send_error(int(action))
+            return
+        data = srv.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and srv.honour_range:
+            start = int(rng.removeprefix("bytes=").rstrip("-"))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if action == "truncate":  # announce the whole body, send half, hang up
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    srv.files, srv.fail, srv.log, srv.honour_range = {}, {}, [], True
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def dead_url():
+    """A loopback URL where nothing listens (connection refused): 'no network'."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def shard_bytes(tmp_path_factory):
+    paths = write_fineweb_shards(tmp_path_factory.mktemp("src"), n_shards=3, docs_per_shard=150)
+    return [p.read_bytes() for p in paths]
+
+
+def _serve_shards(server, shard_bytes):
+    for i, data in enumerate(shard_bytes):
+        server.files[f"/shard_{i:05d}.parquet"] = data
+    return server.url + "/shard_{i:05d}.parquet"
+
+
+def _requests(server, name):
+    return [(rng, ua) for path, rng, ua in server.log if path == f"/{name}"]
+
+
+# --------------------------------------------------------------------------- FineWeb shards
+
+
+def test_shards_download_with_retries(tmp_path, server, shard_bytes):
+    url = _serve_shards(server, shard_bytes)
+    server.fail = {"/shard_00001.parquet": ["503", "429"], "/shard_00002.parquet": ["truncate"]}
+    report = download_fineweb(3, tmp_path, url=url, workers=2, backoff=0, progress=False)
+    assert sorted(report.fetched) == [f"base_data/shard_{i:05d}.parquet" for i in range(3)] and not report.missing
+    assert report.nbytes == sum(map(len, shard_bytes))
+    for i, data in enumerate(shard_bytes):
+        assert (tmp_path / "base_data" / f"shard_{i:05d}.parquet").read_bytes() == data
+    assert not list((tmp_path / "base_data").glob("*.tmp"))
+    assert len(_requests(server, "shard_00001.parquet")) == 3  # two failures, then success
+    # The truncated body was kept and resumed with a Range request, not downloaded again.
+    half = (len(shard_bytes[2])) // 2
+    assert [rng for rng, _ in _requests(server, "shard_00002.parquet")] == [None, f"bytes={half}-"]
+    assert all(ua and ua.startswith("jaxchat-downloader") for _, _, ua in server.log)
+    assert [p.name for p in list_shards(tmp_path / "base_data")] == [f"shard_{i:05d}.parquet" for i in range(3)]
+    assert next(iter_texts(list_shards(tmp_path / "base_data")))
+
+
+def test_partial_tmp_resumes_and_complete_files_are_skipped(tmp_path, server, shard_bytes):
+    url = _serve_shards(server, shard_bytes)
+    base = tmp_path / "base_data"
+    base.mkdir()
+    (base / "shard_00000.parquet").write_bytes(shard_bytes[0])  # complete: must not be fetched again
+    (base / "shard_00001.parquet.tmp").write_bytes(shard_bytes[1][:1000])  # partial: resume at byte 1000
+    (base / "shard_00002.parquet.tmp").write_bytes(shard_bytes[2] + b"junk")  # longer than the file: restart
+    report = download_fineweb(3, tmp_path, url=url, workers=1, backoff=0, progress=False)
+    assert report.present == ["base_data/shard_00000.parquet"] and len(report.fetched) == 2
+    assert _requests(server, "shard_00000.parquet") == []
+    assert [rng for rng, _ in _requests(server, "shard_00001.parquet")] == ["bytes=1000-"]
+    assert [rng for rng, _ in _requests(server, "shard_00002.parquet")] == [f"bytes={len(shard_bytes[2]) + 4}-", None]
+    for i, data in enumerate(shard_bytes):
+        assert (base / f"shard_{i:05d}.parquet").read_bytes() == data
+    assert not list(base.glob("*.tmp"))
+
+
+def test_server_ignoring_range_rewrites_the_file(tmp_path, server, shard_bytes):
+    url = _serve_shards(server, shard_bytes)
+    server.honour_range = False
+    base = tmp_path / "base_data"
+    base.mkdir()
+    (base / "shard_00000.parquet.tmp").write_bytes(b"x" * 500)
+    download_fineweb(1, tmp_path, url=url, backoff=0, progress=False)
+    assert (base / "shard_00000.parquet").read_bytes() == shard_bytes[0]
+
+
+def test_permanent_http_error_is_not_retried(tmp_path, server):
+    report = download_fineweb(1, tmp_path, url=server.url + "/nothing_{i}.bin", backoff=0, progress=False)
+    assert len(report.missing) == 1 and "HTTP 404" in report.missing[0]
+    assert server.url + "/nothing_0.bin" in report.missing[0] and str(tmp_path / "base_data" / "shard_00000.parquet") in report.missing[0]
+    assert len(server.log) == 1
+
+
+def test_no_network_cli_reports_each_item(tmp_path, monkeypatch, capsys, dead_url):
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    monkeypatch.setattr(download, "FINEWEB_URL", dead_url + "/shard_{i:05d}.parquet")
+    assert main(["--only", "fineweb", "-n", "3", "--workers", "1", "--retries", "0"]) == 1
+    err = capsys.readouterr().err
+    for i in range(3):
+        assert f"MISSING base_data/shard_{i:05d}.parquet" in err
+        assert f"{dead_url}/shard_{i:05d}.parquet" in err and f"put it at {tmp_path / 'base_data' / f'shard_{i:05d}.parquet'}" in err
+    assert "not tried: the network looks unreachable" in err  # after the first shard, the others fail fast
+    assert not list((tmp_path / "base_data").glob("shard_*"))
+    with pytest.raises(JaxchatError, match=r"--only fineweb -n 8"):
+        ensure_available("fineweb", tmp_path)
+
+
+def test_no_network_tasks_and_eval(tmp_path, monkeypatch, capsys, dead_url):
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    calls = []
+
+    def offline_load(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("Couldn't reach the Hugging Face Hub (offline)")
+
+    monkeypatch.setattr(download, "_default_load_fn", lambda: offline_load)
+    monkeypatch.setattr(download, "IDENTITY_URL", dead_url + "/identity_conversations.jsonl")
+    monkeypatch.setattr(download, "WORDS_URL", dead_url + "/words_alpha.txt")
+    monkeypatch.setattr(download, "EVAL_BUNDLE_URL", dead_url + "/eval_bundle.zip")
+    assert main(["--only", "tasks", "--retries", "0"]) == 1
+    err = capsys.readouterr().err
+    assert len(calls) == 1  # the first failure shows the hub is unreachable; the rest are not tried
+    for src in HF_SOURCES:
+        for split in src.splits:
+            assert f"MISSING tasks/{src.name}/{src.local_config}/{split}.parquet" in err
+            assert f"put the file at {task_file(src.name, src.config, split, tmp_path)}" in err
+    assert "https://huggingface.co/datasets/cais/mmlu" in err and "datasets.load_dataset('cais/mmlu', 'all', split='test').to_parquet('test.parquet')" in err
+    assert f"MISSING identity_conversations.jsonl: could not download {dead_url}/identity_conversations.jsonl" in err
+    assert "MISSING words_alpha.txt" in err
+    assert main(["--only", "eval", "--retries", "0"]) == 1
+    err = capsys.readouterr().err
+    assert f"{dead_url}/eval_bundle.zip" in err and str(tmp_path / "eval_bundle.zip") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing that could pass for a complete file
+    with pytest.raises(JaxchatError, match="--only eval"):
+        ensure_available("eval_bundle", tmp_path)
+
+
+# --------------------------------------------------------------------------- HF datasets, small files, eval bundle
+
+
+def _fake_hub():
+    """A load_dataset stand-in returning fixture rows in each dataset's real schema."""
+    import datasets
+    import pyarrow as pa
+
+    tables = {
+        ("HuggingFaceTB/smol-smoltalk", None): (lambda split: smoltalk_rows(6, hash(split) % 100), SMOLTALK_SCHEMA),
+        ("cais/mmlu", "auxiliary_train"): (lambda split: [{"train": r} for r in mmlu_rows(5, 1)], MMLU_AUX_SCHEMA),
+        ("cais/mmlu", "all"): (lambda split: mmlu_rows(5, 2), MMLU_SCHEMA),
+        ("openai/gsm8k", "main"): (lambda split: gsm8k_rows(4, 3), GSM8K_SCHEMA),
+        ("allenai/ai2_arc", "ARC-Easy"): (lambda split: arc_rows(4, 4), ARC_SCHEMA),
+        ("allenai/ai2_arc", "ARC-Challenge"): (lambda split: arc_rows(4, 5), ARC_SCHEMA),
+        ("openai/openai_humaneval", None): (lambda split: HUMANEVAL_PROBLEMS, HUMANEVAL_SCHEMA),
+    }
+    calls = []
+
+    def load(repo, config=None, *, split):
+        calls.append((repo, config, split))
+        rows, schema = tables[(repo, config)]
+        return datasets.Dataset(pa.Table.from_pylist(rows(split), schema=schema))
+
+    return load, calls
+
+
+def test_hf_tasks_are_saved_in_the_documented_layout(tmp_path, monkeypatch):
+    from jaxchat.tasks import ARC, MMLU, HumanEval, SmolTalk
+
+    load, calls = _fake_hub()
+    report = download_hf_tasks(tmp_path, load_fn=load)
+    assert not report.missing and len(report.fetched) == sum(len(s.splits) for s in HF_SOURCES) == len(calls)
+    assert ("cais/mmlu", "all", "test") in calls and ("openai/openai_humaneval", None, "test") in calls
+    assert (tmp_path / "tasks/mmlu/auxiliary_train/train.parquet").is_file()
+    assert (tmp_path / "tasks/arc/ARC-Challenge/validation.parquet").is_file()
+    assert not list((tmp_path / "tasks").rglob("*.tmp"))
+    assert pq.read_schema(tmp_path / "tasks/mmlu/auxiliary_train/train.parquet").field("train").type == MMLU_AUX_SCHEMA.field("train").type
+    # The tasks read what the downloader wrote.
+    assert len(SmolTalk("test", home=tmp_path)) == 6 and len(MMLU("auxiliary_train", "train", home=tmp_path)) == 5
+    assert len(ARC("ARC-Easy", "validation", home=tmp_path)) == 4 and len(HumanEval(home=tmp_path)) == 3
+    for name in ("smoltalk", "mmlu", "gsm8k", "arc", "humaneval"):
+        assert ensure_available(name, tmp_path) == tmp_path / "tasks" / name
+    # A second run skips everything.
+    again = download_hf_tasks(tmp_path, load_fn=lambda *a, **k: pytest.fail("must not be called"))
+    assert not again.fetched and len(again.present) == len(report.fetched)
+
+
+def test_hf_failure_leaves_no_file(tmp_path):
+    class Broken:
+        def to_parquet(self, path):
+            Path(path).write_bytes(b"half a parq")
+            raise OSError("disk full")
+
+    report = download_hf_tasks(tmp_path, load_fn=lambda *a, **k: Broken(), sources=HF_SOURCES[:1])
+    assert len(report.missing) == 2 and "disk full" in report.missing[0]
+    assert not list((tmp_path / "tasks").rglob("*.parquet*"))
+
+
+def test_identity_words_and_eval_bundle(tmp_path, monkeypatch, server, task_cache_template):
+    server.files["/identity_conversations.jsonl"] = (task_cache_template / "identity_conversations.jsonl").read_bytes()
+    server.files["/words_alpha.txt"] = (task_cache_template / "words_alpha.txt").read_bytes()
+    bundle = write_eval_bundle(tmp_path / "src" / "eval_bundle")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(bundle.rglob("*")):
+            zf.write(p, Path("eval_bundle") / p.relative_to(bundle))
+    server.files["/eval_bundle.zip"] = buf.getvalue()
+    server.fail = {"/eval_bundle.zip": ["500"]}
+    home = tmp_path / "home"
+    monkeypatch.setenv("JAXCHAT_HOME", str(home))
+    monkeypatch.setattr(download, "IDENTITY_URL", server.url + "/identity_conversations.jsonl")
+    monkeypatch.setattr(download, "WORDS_URL", server.url + "/words_alpha.txt")
+    monkeypatch.setattr(download, "EVAL_BUNDLE_URL", server.url + "/eval_bundle.zip")
+    monkeypatch.setattr(download, "download_hf_tasks", lambda home: download.DownloadReport())
+    assert download_eval_bundle(home, url=server.url + "/eval_bundle.zip", backoff=0, progress=False).fetched == ["eval_bundle"]
+    assert main(["--only", "tasks"]) == 0 and main(["--only", "eval"]) == 0
+    assert (home / "identity_conversations.jsonl").read_bytes() == server.files["/identity_conversations.jsonl"]
+    assert ensure_available("words", home).read_bytes() == server.files["/words_alpha.txt"]
+    root = ensure_available("eval_bundle", home)
+    assert (root / "core.yaml").read_text() == (bundle / "core.yaml").read_text()
+    assert (root / "eval_data/language_understanding/hellaswag.jsonl").is_file()
+    assert not (home / "eval_bundle.zip").exists() and not [p for p in home.iterdir() if p.name.startswith(".eval_bundle")]
+    n_requests = len(server.log)
+    assert main(["--only", "eval"]) == 0 and main(["--only", "tasks"]) == 0 and len(server.log) == n_requests  # all skipped
+
+
+def test_bad_zip_is_deleted(tmp_path, server):
+    server.files["/eval_bundle.zip"] = b"PK\x03\x04 not really a zip"
+    report = download_eval_bundle(tmp_path, url=server.url + "/eval_bundle.zip", backoff=0, progress=False)
+    assert len(report.missing) == 1 and "bad zip" in report.missing[0]
+    assert not (tmp_path / "eval_bundle.zip").exists() and not (tmp_path / "eval_bundle").exists()
+
+
+# --------------------------------------------------------------------------- --from-text
+
+
+def test_from_text_makes_valid_shards(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path / "home"))
+    src = tmp_path / "corpus"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("First document.\nWith two lines.", encoding="utf-8")
+    (src / "b.md").write_text("# Title\n\nSome *markdown* — ünïcödé.", encoding="utf-8")
+    (src / "c.jsonl").write_text("".join(json.dumps({"text": f"json doc {i} " + "x" * (i % 50)}) + "\n" for i in range(2500)) + "\n", encoding="utf-8")
+    (src / "sub" / "d.txt").write_text("nested document", encoding="utf-8")
+    (src / "sub" / "empty.txt").write_text("   \n", encoding="utf-8")
+    (src / "notes.csv").write_text("ignored,file", encoding="utf-8")
+    expected = ["First document.\nWith two lines.", "# Title\n\nSome *markdown* — ünïcödé."]
+    expected += [f"json doc {i} " + "x" * (i % 50) for i in range(2500)] + ["nested document"]
+
+    assert main(["--from-text", str(src)]) == 0  # fits in one shard: split into train + validation
+    shards = list_shards()
+    assert [p.name for p in shards] == ["shard_00000.parquet", "shard_00001.parquet"]
+    assert list(iter_texts(shards)) == expected
+    first = pq.ParquetFile(shards[0])
+    assert first.schema_arrow.names == ["text"] and str(first.schema_arrow.field("text").type) == "string"
+    assert [first.metadata.row_group(k).num_rows for k in range(first.num_row_groups)] == [1024, 1024, 205]
+    assert pq.ParquetFile(shards[1]).metadata.num_rows == 250
+    assert "the validation shard" in capsys.readouterr().out
+
+    # Again into the same place: refused, nothing overwritten.
+    assert main(["--from-text", str(src)]) == 1
+    assert "already holds 2 shard_*.parquet" in capsys.readouterr().err
+
+    out = tmp_path / "many"
+    assert main(["--from-text", str(src), "--chars-per-shard", "20000", "--out", str(out)]) == 0
+    many = sorted(out.glob("shard_*.parquet"))
+    assert len(many) > 2 and list(iter_texts(many)) == expected
+    assert all(pq.ParquetFile(p).metadata.num_rows > 0 for p in many)
+    assert not list(out.glob(".*"))  # no staging dir left
+
+
+def test_from_text_bad_input_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path / "home"))
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "a.txt").write_text("fine " * 100, encoding="utf-8")
+    (src / "b.jsonl").write_text('{"text": "ok"}\n{"body": "no text field"}\n', encoding="utf-8")
+    assert main(["--from-text", str(src), "--chars-per-shard", "10"]) == 1
+    err = capsys.readouterr().err
+    assert f"{src / 'b.jsonl'}:2" in err and "'text'" in err
+    assert not list((tmp_path / "home" / "base_data").glob("shard_*"))
+    (src / "b.jsonl").unlink()
+    assert main(["--from-text", str(src)]) == 1 and "at least 2 are needed" in capsys.readouterr().err
+    assert main(["--from-text", str(tmp_path / "nope")]) == 1 and "no such file" in capsys.readouterr().err
