@@ -81,13 +81,13 @@ def main(argv=None):
     peak, peak_source = peak_flops(jnp.float32 if not on_gpu else dtype)
     start = time.perf_counter()
     for _ in range(2):  # compile + warm up
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step(state, batch, 1.0)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
 
     def one_step():
         nonlocal state
-        state, m = train_step(state, batch)
+        state, m = train_step(state, batch, 1.0)
         jax.block_until_ready(m)
 
     step_s = best_time(one_step, args.steps)

@@ -40,7 +40,7 @@ def test_tiny_model_overfits_a_fixed_batch():
     batch = random_batch(jax.random.key(0), 1, 4)
     losses = []
     for _ in range(60):
-        state, metrics = step(state, batch)
+        state, metrics = step(state, batch, 1.0)
         losses.append(float(metrics["loss"]))
     assert losses[0] == pytest.approx(math.log(TINY.vocab_size), rel=1e-5)  # zero-init lm_head
     assert losses[-1] < 0.2 * losses[0], losses[::10]
@@ -61,7 +61,7 @@ def test_accumulation_equals_one_big_batch(tx_name):
         step = make_train_step(graphdef, tx)
         state = init_train_state(jax.tree.map(jnp.copy, params), tx)
         for _ in range(2):
-            state, metrics = step(state, batch)
+            state, metrics = step(state, batch, 1.0)
         return state.params, metrics
 
     (p_big, m_big), (p_split, m_split) = run(big), run(split)
@@ -80,16 +80,36 @@ def test_accumulation_equals_one_big_batch(tx_name):
 
 def test_state_is_donated_and_metrics_stay_on_device():
     graphdef, params = split_params(GPT(TINY, rngs=nnx.Rngs(0)))
-    tx = nanochat_optimizer(params, lr_multiplier=lambda s: 1.0 - s / 10)
-    step = make_train_step(graphdef, tx, lr_multiplier=lambda s: 1.0 - s / 10)
+    tx = nanochat_optimizer(params)
+    step = make_train_step(graphdef, tx)
     state = init_train_state(params, tx)
     old_leaf = jax.tree.leaves(state.params)[0]
-    state, metrics = step(state, random_batch(jax.random.key(0), 1, 2))
+    state, metrics = step(state, random_batch(jax.random.key(0), 1, 2), 1.0)
     assert old_leaf.is_deleted()
     assert isinstance(metrics["loss"], jax.Array)
-    state, metrics = step(state, random_batch(jax.random.key(1), 1, 2))
+    state, metrics = step(state, random_batch(jax.random.key(1), 1, 2), 0.9)
     assert float(metrics["lrm"]) == pytest.approx(0.9)
     assert set(metrics) == {"loss", "grad_norm", "lrm", "tokens"}
+
+
+def test_lrm_scales_every_groups_learning_rate():
+    """Scaling the updates by lrm is the same as building the optimizer with that LR multiplier."""
+    graphdef, params = split_params(GPT(TINY, rngs=nnx.Rngs(3)))
+    params = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.key(4), a.shape), params)
+    batch = random_batch(jax.random.key(5), 1, 4)
+
+    def run(tx_multiplier, lrm):
+        tx = make_optimizer(params, TINY.n_embd, OptimConfig(ns_dtype=jnp.float32, weight_decay=0.1),
+                            tx_multiplier, muon_momentum_warmup())
+        state = init_train_state(jax.tree.map(jnp.copy, params), tx)
+        step = make_train_step(graphdef, tx)
+        for _ in range(2):
+            state, _ = step(state, batch, lrm)
+        return state.params
+
+    by_lrm, by_schedule = run(1.0, 0.3), run(0.3, 1.0)
+    # (Step 2 sees slightly different params, and AdamW magnifies noise on near-zero gradients.)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5), by_lrm, by_schedule)
 
 
 SHARDED_SCRIPT = textwrap.dedent("""
@@ -114,7 +134,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
             state, b = sharding.replicate(state, mesh), sharding.shard_batch(batch, mesh)
         step = make_train_step(graphdef, tx, mesh=mesh)
         for _ in range(3):
-            state, metrics = step(state, b)
+            state, metrics = step(state, b, 1.0)
         return state, metrics
 
     single, m1 = run(None)

@@ -33,14 +33,16 @@ def init_train_state(params: Params, tx: optax.GradientTransformation) -> TrainS
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
-                    lr_multiplier: Callable[[jax.Array], jax.Array] | None = None,
-                    mesh: Mesh | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """Build ``train_step(state, batch) -> (state, metrics)``, jitted with the state donated.
+                    mesh: Mesh | None = None) -> Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]:
+    """Build ``train_step(state, batch, lrm) -> (state, metrics)``, jitted with the state donated.
 
     The batch's leading axis holds the micro-batches; gradients are summed over them in a scan and
     normalised by the total number of target tokens (≠ −1), so k micro-batches give exactly the
-    gradient of one batch k times larger. Metrics: loss, grad_norm (before clipping), lrm, tokens.
-    ``lr_multiplier`` is only reported (the optimizer applies its own schedule).
+    gradient of one batch k times larger. ``lrm`` is the stage's learning-rate multiplier for this
+    step (a float computed on the host by ``jaxchat.optim.schedules``): every update of AdamW and
+    Muon is linear in its learning rate, so scaling the updates by ``lrm`` is exactly scaling every
+    group's LR, and one mechanism serves step-based (base, SFT) and progress-based (mid) schedules.
+    Build ``tx`` with ``lr_multiplier=1.0``. Metrics: loss, grad_norm (before clipping), lrm, tokens.
     With ``mesh``, the state is replicated and the batch split over the data axis.
     """
 
@@ -50,7 +52,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
     grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
 
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    def step(state: TrainState, batch: Batch, lrm: Any) -> tuple[TrainState, Metrics]:
         def micro_step(carry, micro_batch):
             grads, loss, tokens = carry
             (micro_loss, micro_tokens), micro_grads = grad_fn(state.params, micro_batch["inputs"],
@@ -63,12 +65,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
         (grads, loss, tokens), _ = jax.lax.scan(micro_step, carry, batch)
         denominator = jnp.maximum(tokens, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / denominator, grads)
+        lrm = jnp.asarray(lrm, jnp.float32)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: (u * lrm).astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss / denominator,
             "grad_norm": optax.tree.norm(grads),
-            "lrm": jnp.asarray(lr_multiplier(state.step) if lr_multiplier else 1.0, jnp.float32),
+            "lrm": lrm,
             "tokens": tokens,
         }
         return TrainState(state.step + 1, params, opt_state), metrics
@@ -76,5 +80,5 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     return jax.jit(step, donate_argnums=0,
-                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                    out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
