@@ -1,0 +1,328 @@
+"""Typed run configuration: frozen dataclasses, TOML presets (``configs/``) and ``--key=value`` overrides.
+
+A run is described by one :class:`RunConfig` with a section per concern. Defaults are nanochat's d20
+recipe on one 80 GB GPU (SPEC §5–§7); presets in ``configs/*.toml`` change only what differs, and
+the command line changes single fields::
+
+    python train.py --stage=base --config configs/d12.toml --base.num_iterations=100 --tag=test
+
+Keys are ``section.field`` (``model.depth``, ``base.device_batch_size``, ``checkpoint.save_every``...);
+the run-level fields (``tag``, ``seed``, ``resume``, ``wandb_run``, ``source_tag``, ``source_step``)
+have no section. Unknown keys and values of the wrong type are refused with a one-line JaxchatError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from jaxchat.common import JaxchatError
+
+# ---- sections ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The GPT's shape (SPEC §3) and how it runs."""
+
+    depth: int = 20  # n_layer = depth, n_embd = 64·depth, head_dim 128
+    sequence_len: int = 2048
+    dtype: str = "auto"  # compute dtype: auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16
+    remat: bool = False  # recompute block activations in the backward pass (less memory, ~30 % slower)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSection:
+    """The tokenizer stage (SPEC §1)."""
+
+    vocab_size: int = 65536
+    max_chars: int = 2_000_000_000  # characters of the train shards to train on
+    doc_cap: int = 10_000  # each document cut to this many characters
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSection:
+    """Optimizer (SPEC §4); shared by the stages (SFT scales every LR by ``sft.init_lr_frac``)."""
+
+    embedding_lr: float = 0.2
+    unembedding_lr: float = 0.004
+    matrix_lr: float = 0.02
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # base and mid; 0 disables (SFT never clips)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseSection:
+    """Base pretraining on FineWeb-Edu (SPEC §5). Horizon: the first of num_iterations,
+    target_flops, target_param_data_ratio that is set (> 0)."""
+
+    device_batch_size: int = 32
+    total_batch_size: int = 524_288  # tokens per optimizer step; accumulation makes it up
+    num_iterations: int = -1
+    target_flops: float = -1.0
+    target_param_data_ratio: float = 20.0  # Chinchilla
+    warmup_ratio: float = 0.0
+    warmdown_ratio: float = 0.2
+    final_lr_frac: float = 0.0
+    eval_every: int = 250  # val bpb
+    eval_tokens: int = 20 * 524_288
+    core_every: int = 2000  # CORE + samples; -1 = only at the end; 0 = never
+    core_max_per_task: int = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class MidSection:
+    """Midtraining on the task mixture (SPEC §6): one epoch, progress-based LR."""
+
+    device_batch_size: int = 32
+    total_batch_size: int = 524_288
+    num_iterations: int = -1  # -1: one full epoch of the mixture
+    eval_every: int = 150
+    eval_tokens: int = 20 * 524_288
+    task_scale: float = 1.0  # multiplies the mixture's synthetic/capped row counts (tests use < 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSection:
+    """Supervised fine-tuning (SPEC §7): one epoch, one conversation per row."""
+
+    device_batch_size: int = 4
+    examples_per_step: int = 32  # device_batch_size × accumulation
+    num_iterations: int = -1  # -1: one epoch
+    init_lr_frac: float = 0.02
+    eval_every: int = 100  # val loss
+    eval_steps: int = 100  # batches of val loss
+    metrics_every: int = 200  # MMLU / ARC-Easy accuracy
+    metrics_max_problems: int = 1024
+    task_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatEvalSection:
+    """Chat evaluation of a mid/SFT checkpoint (SPEC §9), run by ``--stage=chat_eval`` and ``all``."""
+
+    source: str = "sft"  # which stage's checkpoint --stage=chat_eval evaluates (mid | sft)
+    tasks: str = "all"  # comma-separated: ARC-Easy,ARC-Challenge,MMLU,GSM8K,HumanEval,SpellingBee
+    max_problems: int = -1  # per task; -1 = all
+    max_new_tokens: int = 512
+    batch_size: int = 8  # categorical tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection:
+    save_every: int = -1  # also save every N steps (-1: only at the end of the stage)
+    keep_last: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything ``train.py`` needs. ``tag`` defaults to ``d<depth>``."""
+
+    tag: str = ""
+    seed: int = 0
+    resume: bool = False  # continue the interrupted run of this stage/tag from its latest checkpoint
+    source_tag: str = ""  # mid/sft: the previous stage's tag (default: this run's tag)
+    source_step: int = -1  # mid/sft: the previous stage's step (default: its latest)
+    wandb_run: str = ""  # log to Weights & Biases under this run name (default: local JSONL only)
+    model: ModelSection = ModelSection()
+    tokenizer: TokenizerSection = TokenizerSection()
+    optim: OptimSection = OptimSection()
+    base: BaseSection = BaseSection()
+    mid: MidSection = MidSection()
+    sft: SFTSection = SFTSection()
+    chat_eval: ChatEvalSection = ChatEvalSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+
+    @property
+    def run_tag(self) -> str:
+        return self.tag or f"d{self.model.depth}"
+
+
+# ---- validation ----------------------------------------------------------------------------------
+
+_POSITIVE = {
+    "model.depth", "model.sequence_len", "tokenizer.vocab_size", "tokenizer.max_chars", "tokenizer.doc_cap",
+    "base.device_batch_size", "base.total_batch_size", "base.eval_tokens", "base.core_max_per_task",
+    "mid.device_batch_size", "mid.total_batch_size", "mid.eval_tokens", "mid.task_scale",
+    "sft.device_batch_size", "sft.examples_per_step", "sft.init_lr_frac", "sft.eval_steps",
+    "sft.metrics_max_problems", "sft.task_scale", "checkpoint.keep_last", "chat_eval.max_new_tokens",
+    "chat_eval.batch_size",
+}
+_CHOICES = {"model.dtype": ("auto", "float32", "bfloat16"), "chat_eval.source": ("mid", "sft")}
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Check cross-field rules; JaxchatError naming the key and the value otherwise."""
+    for key in _POSITIVE:
+        if get(config, key) <= 0:
+            raise JaxchatError(f"{key}={get(config, key)}: expected a positive number")
+    for key, choices in _CHOICES.items():
+        if get(config, key) not in choices:
+            raise JaxchatError(f"{key}={get(config, key)!r}: expected one of {', '.join(choices)}")
+    for stage in ("base", "mid"):
+        section = getattr(config, stage)
+        row_tokens = section.device_batch_size * config.model.sequence_len
+        if section.total_batch_size % row_tokens:
+            raise JaxchatError(
+                f"{stage}.total_batch_size={section.total_batch_size} is not a multiple of "
+                f"{stage}.device_batch_size × model.sequence_len = {row_tokens}")
+    if config.sft.examples_per_step % config.sft.device_batch_size:
+        raise JaxchatError(f"sft.examples_per_step={config.sft.examples_per_step} is not a multiple of "
+                           f"sft.device_batch_size={config.sft.device_batch_size}")
+    if not 0 <= config.base.warmup_ratio + config.base.warmdown_ratio <= 1:
+        raise JaxchatError("base.warmup_ratio + base.warmdown_ratio must lie in [0, 1]")
+    if config.optim.grad_clip < 0:
+        raise JaxchatError(f"optim.grad_clip={config.optim.grad_clip}: expected >= 0 (0 disables clipping)")
+    return config
+
+
+# ---- reading and overriding ----------------------------------------------------------------------
+
+
+def get(config: RunConfig, key: str) -> Any:
+    """The value of a dotted key (``base.num_iterations``)."""
+    obj = config
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def keys(config: RunConfig | None = None) -> list[tuple[str, Any, str]]:
+    """Every settable key with its current value and its type name, in declaration order."""
+    config = config or RunConfig()
+    out = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                out.append((f"{field.name}.{sub.name}", getattr(value, sub.name), _type_name(value, sub.name)))
+        else:
+            out.append((field.name, value, _type_name(config, field.name)))
+    return out
+
+
+def _field_type(obj: Any, name: str) -> type:
+    return typing.get_type_hints(type(obj))[name]
+
+
+def _type_name(obj: Any, name: str) -> str:
+    return getattr(_field_type(obj, name), "__name__", str(_field_type(obj, name)))
+
+
+def _coerce(key: str, value: Any, target: type) -> Any:
+    """``value`` (a TOML value or a command-line string) as ``target``; JaxchatError otherwise."""
+    if isinstance(target, types.UnionType):  # not used today; keep errors honest if added
+        raise JaxchatError(f"{key}: union types are not supported in configs")
+    if isinstance(value, str) and target is not str:
+        text = value.strip()
+        try:
+            if target is bool:
+                lowered = text.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return lowered in ("true", "1", "yes")
+            if target is int:
+                number = float(text.replace("_", ""))  # accepts 1e6 and 1_000
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            if target is float:
+                number = float(text.replace("_", ""))
+                if not math.isfinite(number):
+                    raise ValueError
+                return number
+        except ValueError:
+            raise JaxchatError(f"{key}={value!r}: expected {target.__name__}") from None
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if target is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, target) or (target is int and isinstance(value, bool)):
+        raise JaxchatError(f"{key}={value!r}: expected {target.__name__}, got {type(value).__name__}")
+    return value
+
+
+def override(config: RunConfig, updates: dict[str, Any], source: str = "command line") -> RunConfig:
+    """A new config with ``updates`` ({dotted key: value}) applied; unknown keys are refused."""
+    known = {key for key, _, _ in keys(config)}
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in updates.items():
+        if key not in known:
+            close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise JaxchatError(f"{source}: unknown config key {key!r}{hint}; `python train.py --help` lists them")
+        if "." in key:
+            section, name = key.split(".", 1)
+            sub = getattr(config, section)
+            sections.setdefault(section, {})[name] = _coerce(key, value, _field_type(sub, name))
+        else:
+            top[key] = _coerce(key, value, _field_type(config, key))
+    for section, values in sections.items():
+        top[section] = dataclasses.replace(getattr(config, section), **values)
+    return dataclasses.replace(config, **top)
+
+
+def load_toml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """Apply a TOML preset (sections as tables, run-level keys at the top) on top of ``base``."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JaxchatError(f"{path}: config file not found (presets live in configs/)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise JaxchatError(f"{path}: not valid TOML ({e})") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                flat[f"{key}.{sub}"] = sub_value
+        else:
+            flat[key] = value
+    return override(base or RunConfig(), flat, source=str(path))
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """``["--base.num_iterations=10", "--tag", "x"]`` → {"base.num_iterations": "10", "tag": "x"}.
+
+    ``--flag`` alone means ``--flag=true`` (for booleans such as ``--resume``). Dashes in names are
+    accepted for underscores (``--base.device-batch-size``).
+    """
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise JaxchatError(f"unexpected argument {arg!r}; expected --key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, value = body, args[i + 1]
+            i += 1
+        else:
+            key, value = body, "true"
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (JSON/TOML-friendly) for checkpoints' metadata and the report."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Inverse of :func:`to_dict` (unknown keys refused, like a preset)."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{sub}": v for sub, v in value.items()})
+        else:
+            flat[key] = value
+    return override(RunConfig(), flat, source="checkpoint metadata")

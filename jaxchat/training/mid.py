@@ -1,0 +1,64 @@
+"""Stage 2, midtraining on the task mixture (SPEC §6): ``python train.py --stage=mid``.
+
+Starts from the latest base checkpoint of the tag (``--source_tag``/``--source_step`` to choose),
+with a fresh optimizer and base's LRs. One epoch of the mixture, conversations packed into rows
+without being cut; the LR multiplier is 1 until 80 % of the epoch, then linear to 0 (progress-based
+like nanochat, or step-based when ``mid.num_iterations`` caps the run). Val bpb every ``eval_every``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from jaxchat.config import RunConfig
+from jaxchat.data.chat import mid_dataset
+from jaxchat.model import estimate_flops
+from jaxchat.optim import mid_lr_multiplier
+from jaxchat.tasks import mid_train_mixture, mid_val_mixture
+from jaxchat.tokenizer import load_tokenizer
+from jaxchat.training.stage import Stage
+
+
+def progress_lr_multiplier(progress: float) -> float:
+    """SPEC §6 on epoch progress: 1 until 0.8, then linear to 0 at 1 (never rising: upstream b8076dd)."""
+    return 1.0 if progress < 0.8 else max(0.0, 1.0 - (progress - 0.8) / 0.2)
+
+
+def val_rows(dataset, num_batches: int) -> list[dict[str, Any]]:
+    """The first ``num_batches`` batches of a finite chat dataset, inputs/targets only."""
+    return [{"inputs": b["inputs"], "targets": b["targets"]} for b in itertools.islice(iter(dataset), num_batches)]
+
+
+def train_mid(cfg: RunConfig) -> dict[str, Any]:
+    """Run (or resume) midtraining; returns the final metrics."""
+    tokenizer = load_tokenizer()
+    stage = Stage("mid", cfg, None, tokenizer)
+    stage.init_from_previous_stage()
+    section, seq = cfg.mid, cfg.model.sequence_len
+    rows = section.device_batch_size
+    accum = section.total_batch_size // (rows * seq)
+    train_task = mid_train_mixture(scale=section.task_scale)
+    val_task = mid_val_mixture(scale=section.task_scale)
+    data = mid_dataset(train_task, tokenizer, rows=rows * accum, seq_len=seq)
+    val = val_rows(mid_dataset(val_task, tokenizer, rows=rows, seq_len=seq),
+                   max(1, section.eval_tokens // (rows * seq)))
+    stage.add_eval(section.eval_every, lambda state: {"val_bpb": stage.bpb(state, val)})
+
+    if section.num_iterations > 0:
+        schedule = mid_lr_multiplier(section.num_iterations)
+        lr_multiplier = lambda step, _progress: float(schedule(step))  # noqa: E731
+        steps_text = f"{section.num_iterations:,} steps (mid.num_iterations)"
+    else:
+        lr_multiplier = lambda _step, progress: progress_lr_multiplier(progress)  # noqa: E731
+        steps_text = "one epoch (LR follows epoch progress)"
+    plan = [
+        ("horizon", steps_text),
+        ("train mixture", f"{len(train_task):,} conversations"),
+        ("val mixture", f"{len(val_task):,} conversations, {len(val)} batches for bpb"),
+        ("batch", f"{section.total_batch_size:,} tokens = {rows} rows × {seq} × {accum} micro-batches"),
+    ]
+    total_flops = (estimate_flops(stage.model_config) * section.num_iterations * section.total_batch_size
+                   if section.num_iterations > 0 else None)
+    return stage.run(data, num_steps=section.num_iterations if section.num_iterations > 0 else None,
+                     lr_multiplier=lr_multiplier, accum=accum, plan=plan, total_flops=total_flops)

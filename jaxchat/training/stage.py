@@ -1,0 +1,219 @@
+"""One training stage from start to report: checkpoints, resume, source weights, evals, the loop.
+
+``Stage`` is what base, mid and SFT have in common. A stage module builds its data and evals, then
+calls :meth:`Stage.run`. Everything that can refuse the run (an existing run without ``--resume``, a
+missing or incompatible source checkpoint, a missing eval bundle) is checked before any work.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jaxchat import sharding
+from jaxchat.checkpoint import (StageCheckpointer, check_compatible, checkpoint_dir, complete_steps, find_checkpoint,
+                                load_params, read_meta)
+from jaxchat.common import JaxchatError
+from jaxchat.config import RunConfig
+from jaxchat.data.cache import EVAL_BUNDLE_DIR, download_command
+from jaxchat.metrics_log import MetricsLogger
+from jaxchat.model import GPTConfig, estimate_flops, num_params
+from jaxchat.training.build import abstract_state, build_model, build_optimizer, checkpoint_meta, compute_dtype
+from jaxchat.training.loop import LoopSpec, estimate_time, format_plan, peak_flops, run_loop
+from jaxchat.training.step import TrainState, init_train_state, make_train_step
+
+PREVIOUS_STAGE = {"mid": "base", "sft": "mid"}
+
+
+class Stage:
+    """A stage run for ``cfg.run_tag``: writes ``checkpoints/<name>/<tag>/<step>`` and its report section."""
+
+    def __init__(self, name: str, cfg: RunConfig, model_config: GPTConfig | None, tokenizer):
+        self.name, self.cfg, self.tokenizer = name, cfg, tokenizer
+        self.model_config = model_config
+        self.directory = checkpoint_dir(name, cfg.run_tag)
+        steps = complete_steps(self.directory) if self.directory.is_dir() else []
+        latest = steps[-1] if steps else None
+        if cfg.resume and latest is None:
+            raise JaxchatError(f"--resume: no complete checkpoint in {self.directory} to resume from")
+        if not cfg.resume and latest is not None:
+            raise JaxchatError(f"{self.directory} already holds a run (latest step {latest}); pass --resume to "
+                               f"continue it or --tag=NEW to start another")
+        self.resume_step = latest if cfg.resume else None
+        self.evals: list[tuple[int, Callable[[TrainState], dict[str, float]]]] = []
+        self.source: str | None = None
+        self.graphdef = self.params = self.tx = None
+
+    # ---- model and optimizer ----------------------------------------------------------------------
+
+    def init_fresh(self) -> None:
+        """A newly initialised model (base training)."""
+        self.graphdef, self.params = build_model(self.model_config, self.cfg)
+        self.tx = build_optimizer(self.params, self.model_config, self.cfg, self.name)
+
+    def init_from_previous_stage(self) -> None:
+        """Params of the previous stage's checkpoint (latest, or ``--source_tag/--source_step``) and a
+        fresh optimizer. Refuses a missing checkpoint or one made with another tokenizer."""
+        previous = PREVIOUS_STAGE[self.name]
+        tag = self.cfg.source_tag or self.cfg.run_tag
+        step = self.cfg.source_step if self.cfg.source_step >= 0 else None
+        path, step = find_checkpoint(previous, tag, step)
+        meta = read_meta(previous, tag, step)
+        source_config = GPTConfig(**meta["model_config"])
+        # The context length is not a parameter (rotary is computed): the stage may choose its own.
+        self.model_config = GPTConfig(**{**meta["model_config"], "sequence_len": self.cfg.model.sequence_len})
+        check_compatible(meta, source_config, self.tokenizer)
+        graphdef, abstract = build_model(self.model_config, self.cfg, abstract=True)
+        self.graphdef = graphdef
+        if self.resume_step is None:  # on resume the params come from this stage's own checkpoint
+            self.params, _ = load_params(previous, tag, step, abstract_params=abstract)
+        else:
+            self.params = abstract
+        self.tx = build_optimizer(self.params, self.model_config, self.cfg, self.name)
+        self.source = f"{previous}/{tag}/{step} ({path})"
+
+    def check_eval_bundle(self, needed: bool) -> None:
+        """CORE needs the eval bundle: say so before training rather than at the first eval."""
+        from jaxchat.common import jaxchat_home
+
+        if needed and not (jaxchat_home() / EVAL_BUNDLE_DIR / "core.yaml").is_file():
+            raise JaxchatError(f"CORE evaluation needs {jaxchat_home() / EVAL_BUNDLE_DIR}/core.yaml; run "
+                               f"`{download_command('eval_bundle')}` or set base.core_every=0")
+
+    # ---- evals (each returns {metric: value}) -----------------------------------------------------
+
+    def add_eval(self, every: int, fn: Callable[[TrainState], dict[str, float]]) -> None:
+        self.evals.append((every, fn))
+
+    def bpb(self, state: TrainState, batches: list[dict[str, np.ndarray]]) -> float:
+        from jaxchat.eval.bpb import evaluate_bpb
+
+        return evaluate_bpb(self.graphdef, state.params, batches, self.tokenizer.token_bytes)
+
+    def loss(self, state: TrainState, batches: list[dict[str, np.ndarray]]) -> float:
+        from jaxchat.eval.bpb import evaluate_loss
+
+        return evaluate_loss(self.graphdef, state.params, batches)
+
+    def core(self, state: TrainState, max_per_task: int) -> dict[str, float]:
+        from jaxchat.eval.core import evaluate_core
+
+        result = evaluate_core(self.graphdef, state.params, self.tokenizer, max_per_task=max_per_task,
+                               seq_len=self.model_config.sequence_len, progress=False)
+        return {"core": result["core"]}
+
+    def samples(self, state: TrainState, prompts: tuple[str, ...], max_tokens: int = 16) -> dict[str, float]:
+        """Greedy completions of ``prompts``, printed (no metric)."""
+        from flax import nnx
+
+        from jaxchat.engine import Engine
+
+        engine = Engine(nnx.merge(self.graphdef, state.params), self.tokenizer)
+        for prompt in prompts:
+            tokens = self.tokenizer.encode(prompt, prepend="<|bos|>")
+            rows, _ = engine.generate_batch(tokens, num_samples=1, max_tokens=max_tokens, temperature=0.0)
+            print(f"  sample: {self.tokenizer.decode(rows[0][1:])!r}")
+        return {}
+
+    def categorical_accuracy(self, state: TrainState, task, max_problems: int) -> float:
+        from jaxchat.eval.chat import run_categorical
+
+        return run_categorical(self.graphdef, state.params, self.tokenizer, task, max_problems=max_problems)
+
+    # ---- the run ----------------------------------------------------------------------------------
+
+    def run(self, data, *, num_steps: int | None, lr_multiplier: Callable[[int, float], float], accum: int,
+            plan: list[tuple[str, Any]], total_flops: float | None = None,
+            expected_steps: int | None = None, report_rows: Callable[[dict], list[tuple[str, Any]]] | None = None,
+            ) -> dict[str, Any]:
+        """Resume or start, print the plan, train, checkpoint, write the report section."""
+        cfg, mc = self.cfg, self.model_config
+        self.checkpointer = StageCheckpointer(self.directory, max_to_keep=cfg.checkpoint.keep_last)
+        state = init_train_state(self.params, self.tx) if self.resume_step is None else None
+        data_state = None
+        if self.resume_step is not None:
+            target = abstract_state(self.params, self.tx)
+            params, opt_state, data_state, meta = self.checkpointer.restore(self.resume_step, target.params,
+                                                                            target.opt_state)
+            state = TrainState(step=np.int32(self.resume_step), params=params, opt_state=opt_state)
+        self.params = None  # the state owns the params now (they are donated every step)
+
+        mesh = sharding.make_mesh()
+        state = sharding.replicate(state, mesh)
+        train_step = make_train_step(self.graphdef, self.tx, mesh=mesh)
+        iterator = iter(data)
+        if data_state is not None:
+            iterator.set_state(data_state)
+        batches = self._device_batches(iterator, accum, mesh)
+
+        peak = peak_flops()
+        flops_per_token = estimate_flops(mc)
+        header = [
+            ("stage", f"{self.name} → {self.directory}"),
+            ("model", f"depth {mc.n_layer}, width {mc.n_embd}, {mc.n_head} heads, vocab {mc.vocab_size:,}, "
+                      f"context {mc.sequence_len}"),
+            ("parameters", f"{num_params(mc):,}"),
+            ("FLOPs/token", f"{flops_per_token:.3e}"),
+            ("compute", f"{jax.devices()[0].device_kind} ×{jax.device_count()}, "
+                        f"dtype {np.dtype(compute_dtype(cfg.model.dtype)).name}"),
+        ]
+        if self.source:
+            header.append(("weights from", self.source))
+        if self.resume_step is not None:
+            header.append(("resuming at", f"step {self.resume_step}"))
+        header += plan
+        if total_flops:
+            header.append(("estimated time", estimate_time(total_flops, peak)))
+        print(format_plan(header), flush=True)
+
+        spec = LoopSpec(stage=self.name, num_steps=num_steps, lr_multiplier=lr_multiplier,
+                        flops_per_token=flops_per_token, peak_flops=peak,
+                        expected_steps=expected_steps, eval_hooks=tuple(self.evals),
+                        save_every=cfg.checkpoint.save_every)
+        logger = MetricsLogger(self.name, cfg.run_tag, wandb_run=cfg.wandb_run or None)
+        t0 = time.perf_counter()
+
+        def save(state: TrainState, metrics: dict[str, float], final: bool) -> None:
+            step = int(state.step)
+            meta = checkpoint_meta(self.name, step, mc, cfg, self.tokenizer, metrics, source=self.source,
+                                   final=final)
+            self.checkpointer.save(step, state.params, state.opt_state, batches.get_state(), meta, force=final)
+            if final:
+                self.checkpointer.wait()
+
+        try:
+            state, last = run_loop(spec, state, train_step, batches, save=save,
+                                   log=lambda step, m: logger.log(step, **{k: v for k, v in m.items() if k != "step"}))
+        finally:
+            logger.close()
+            self.checkpointer.close()
+        seconds = time.perf_counter() - t0
+        last = {k: v for k, v in last.items()}
+        self._report(header, last, seconds, report_rows)
+        return last
+
+    def _device_batches(self, iterator, accum: int, mesh):
+        """Host batches (accum·B, T) → device batches (accum, B, T), prefetched; the returned
+        iterator's ``get_state()`` is the position after the batches handed out (what a checkpoint
+        must record), not after the ones buffered ahead."""
+        from jaxchat.data.prefetch import device_prefetch
+
+        return device_prefetch(iterator, sharding=sharding.batch_sharding(mesh), microbatches=accum)
+
+    def _report(self, header, last: dict[str, float], seconds: float, report_rows) -> None:
+        from jaxchat.report import write_section
+
+        rows = [*header, ("training time", f"{seconds / 60:.1f} min"),
+                ("final step", f"{int(last.get('step', 0)):,}")]
+        for key in ("loss_ema", "val_bpb", "core", "val_loss", "mmlu_acc", "arc_easy_acc", "mfu", "tok_per_s"):
+            if key in last:
+                rows.append((key, f"{last[key]:.4f}" if key not in ("tok_per_s",) else f"{last[key]:,.0f}"))
+        if report_rows:
+            rows += report_rows(last)
+        table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+        metrics = {"CORE": last["core"]} if "core" in last else {}
+        title = {"base": "Base", "mid": "Mid", "sft": "SFT"}[self.name]
+        write_section(self.name, f"{title} training ({self.cfg.run_tag})", table, metrics=metrics)
