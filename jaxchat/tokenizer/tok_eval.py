@@ -25,9 +25,9 @@ import tiktoken
 
 from jaxchat.common import JaxchatError
 from jaxchat.data.shards import iter_texts, list_shards, split_shards
+from jaxchat.report import write_section
 from jaxchat.tokenizer import Tokenizer, load_tokenizer
 from jaxchat.tokenizer.eval_texts import EVAL_TEXTS
-from jaxchat.tokenizer.report import write_section
 
 # Reference encodings: display name → (tiktoken name, files tiktoken fetches for it).
 _BLOB = "https://openaipublic.blob.core.windows.net"
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(section)
-    path = write_section("Tokenizer evaluation", section)
+    path = write_section("tokenizer", "Tokenizer evaluation", section)
     print(f"\nwritten to {path}")
 
 

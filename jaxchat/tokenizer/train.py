@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from jaxchat.common import JaxchatError
 from jaxchat.data.shards import iter_texts, list_shards, split_shards
+from jaxchat.report import write_section
 from jaxchat.tokenizer import default_tokenizer_dir
 from jaxchat.tokenizer.bpe import SPECIAL_TOKENS, Tokenizer
-from jaxchat.tokenizer.report import write_section
 
 
 def train_tokenizer(
@@ -66,7 +66,7 @@ def train_tokenizer(
         raise JaxchatError(f"{out}: the saved tokenizer does not load back identically")
     summary = _summary(tokenizer, out, train_s, seen["chars"], seen["docs"], max_chars, doc_cap)
     print(summary)
-    write_section("Tokenizer training", summary, fresh=True)
+    write_section("tokenizer", "Tokenizer training", summary, fresh=True)
     return tokenizer
 
 
