@@ -28,7 +28,12 @@ def load_split(name: str, config: str | None, split: str, home: str | Path | Non
     """
     path = require_task_file(name, config, split, home)
     from datasets import load_dataset  # imported lazily: it is slow to import
+    from datasets import utils as hf_utils
 
+    # A local file is converted in a blink: datasets' "Generating train split" bars are only noise
+    # in the training logs. Restore the caller's setting afterwards.
+    bars_were_on = not hf_utils.are_progress_bars_disabled()
+    hf_utils.disable_progress_bars()
     try:
         ds = load_dataset("parquet", data_files={"train": str(path)}, split="train", cache_dir=str(hf_cache_dir(home)))
     except Exception as e:  # datasets/pyarrow raise many types for a damaged file
@@ -36,6 +41,9 @@ def load_split(name: str, config: str | None, split: str, home: str | Path | Non
             f"{path}: cannot be read as parquet ({type(e).__name__}: {e}); delete it and re-run "
             f"`{download_command(name)}`"
         ) from None
+    finally:
+        if bars_were_on:
+            hf_utils.enable_progress_bars()
     return ds, path
 
 
