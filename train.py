@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-STAGES = ("download", "tokenizer", "base", "mid", "sft", "chat_eval", "report", "all")
+from jaxchat.recipe import STAGES
 
 
 def _help() -> str:

@@ -11,11 +11,11 @@ Calculator calls show as ``<|python_start|>…<|python_end|><|output_start|>…<
 from __future__ import annotations
 
 import argparse
-import codecs
 import sys
 from typing import TYPE_CHECKING, TextIO
 
 from jaxchat.common import JaxchatError
+from jaxchat.tokenizer.stream import StreamDecoder
 
 if TYPE_CHECKING:
     from jaxchat.engine import Engine
@@ -23,27 +23,6 @@ if TYPE_CHECKING:
 
 QUIT_COMMANDS = ("quit", "exit")
 CLEAR_COMMAND = "clear"
-
-
-class StreamDecoder:
-    """Token ids → text pieces that never split a multi-byte UTF-8 character.
-
-    Equivalent to decoding ``decode_bytes`` of all ids so far and emitting the new complete
-    characters, but incremental: a character whose bytes span several tokens is held back until its
-    last byte arrives. Invalid bytes become U+FFFD; :meth:`flush` emits a dangling partial character.
-    """
-
-    def __init__(self, tokenizer: Tokenizer):
-        self._tokenizer = tokenizer
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def push(self, token_id: int) -> str:
-        """Add one token; return the text that is now complete (possibly '')."""
-        return self._utf8.decode(self._tokenizer.decode_bytes([token_id]))
-
-    def flush(self) -> str:
-        """End of the stream: return whatever is left (an incomplete character becomes U+FFFD)."""
-        return self._utf8.decode(b"", final=True)
 
 
 def _read_line(stdin: TextIO, stdout: TextIO, prompt: str) -> str:

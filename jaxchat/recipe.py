@@ -66,32 +66,27 @@ def report(cfg: RunConfig) -> None:
     print(f"report: {assemble()}")
 
 
+def base(cfg: RunConfig) -> None:
+    from jaxchat.training.base import train_base
+
+    train_base(cfg)
+
+
+def mid(cfg: RunConfig) -> None:
+    from jaxchat.training.mid import train_mid
+
+    train_mid(cfg)
+
+
+def sft(cfg: RunConfig) -> None:
+    from jaxchat.training.sft import train_sft
+
+    train_sft(cfg)
+
+
 def run_stage(stage: str, cfg: RunConfig) -> None:
-    """Run ``stage`` (a name from train.STAGES) with ``cfg``."""
-    if stage == "download":
-        download(cfg)
-    elif stage == "tokenizer":
-        tokenizer(cfg)
-    elif stage == "base":
-        from jaxchat.training.base import train_base
-
-        train_base(cfg)
-    elif stage == "mid":
-        from jaxchat.training.mid import train_mid
-
-        train_mid(cfg)
-    elif stage == "sft":
-        from jaxchat.training.sft import train_sft
-
-        train_sft(cfg)
-    elif stage == "chat_eval":
-        chat_eval(cfg)
-    elif stage == "report":
-        report(cfg)
-    elif stage == "all":
-        run_all(cfg)
-    else:
-        raise ValueError(f"unknown stage {stage!r}")
+    """Run ``stage`` (a name from ``STAGES``) with ``cfg``."""
+    STAGES[stage](cfg)
 
 
 def stage_status(stage: str, tag: str) -> str:
@@ -134,3 +129,8 @@ def run_all(cfg: RunConfig) -> None:
             chat_eval(cfg, stage)
     report(cfg)
     print(f"done: everything is in {jaxchat_home()}")
+
+
+# Stage name → what runs it (train.py's --stage), in pipeline order.
+STAGES = {"download": download, "tokenizer": tokenizer, "base": base, "mid": mid, "sft": sft,
+          "chat_eval": chat_eval, "report": report, "all": run_all}

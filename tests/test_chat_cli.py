@@ -12,7 +12,8 @@ import pytest
 
 from jaxchat import JaxchatError
 from jaxchat import chat
-from jaxchat.chat import StreamDecoder, chat_loop
+from jaxchat.chat import chat_loop
+from jaxchat.tokenizer.stream import StreamDecoder
 from jaxchat.engine import Engine
 from tests.test_engine import chain, scripted_model
 

@@ -19,7 +19,8 @@ from flax import nnx
 
 from jaxchat.common import JaxchatError
 from jaxchat.model import GPT, GPTConfig
-from jaxchat.web import Limits, RequestError, TextStream, create_app, validate_request
+from jaxchat.tokenizer.stream import StreamDecoder
+from jaxchat.web import Limits, RequestError, create_app, validate_request
 from jaxchat.web.server import Sampling
 
 TIMEOUT = httpx.Timeout(30.0)
@@ -187,13 +188,13 @@ def test_stream_never_splits_utf8_characters(fineweb_tokenizer):
 
 def test_text_stream_holds_incomplete_characters(fineweb_tokenizer):
     ids = byte_token_ids(fineweb_tokenizer)
-    stream = TextStream(fineweb_tokenizer)
+    stream = StreamDecoder(fineweb_tokenizer)
     emoji = "😀".encode("utf-8")
     assert [stream.push(ids[b]) for b in emoji] == ["", "", "", "😀"]
     assert stream.push(ids[emoji[0]]) == ""   # a dangling lead byte at the very end ...
     assert stream.flush() == "\ufffd"        # ... becomes one replacement character
     multi = fineweb_tokenizer.encode(" the river")
-    stream = TextStream(fineweb_tokenizer)
+    stream = StreamDecoder(fineweb_tokenizer)
     assert "".join(stream.push(t) for t in multi) == " the river"
 
 

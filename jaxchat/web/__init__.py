@@ -7,6 +7,6 @@
 See :mod:`jaxchat.web.server` for the endpoints, the request limits and the error format.
 """
 
-from jaxchat.web.server import Limits, RequestError, TextStream, create_app, validate_request
+from jaxchat.web.server import Limits, RequestError, create_app, validate_request
 
-__all__ = ["Limits", "RequestError", "TextStream", "create_app", "validate_request"]
+__all__ = ["Limits", "RequestError", "create_app", "validate_request"]

@@ -25,7 +25,6 @@ the next token, or before it starts if still queued).
 from __future__ import annotations
 
 import asyncio
-import codecs
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -42,6 +41,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from jaxchat.common import JaxchatError
+from jaxchat.tokenizer.stream import StreamDecoder
 
 log = logging.getLogger("jaxchat.web")
 
@@ -237,26 +237,6 @@ async def read_json_body(request: Request, limit: int) -> Any:
 # ---- streaming text ------------------------------------------------------------------------------
 
 
-class TextStream:
-    """Token ids → text chunks that never split a multi-byte UTF-8 character (upstream 4c3590c).
-
-    Token bytes are fed to an incremental UTF-8 decoder, which holds back an incomplete trailing
-    sequence until the bytes that complete it arrive; invalid bytes become U+FFFD.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def push(self, token_id: int) -> str:
-        """Text completed by this token ('' while a character is still incomplete)."""
-        return self._decoder.decode(self._tokenizer.decode_bytes([token_id]))
-
-    def flush(self) -> str:
-        """At the end of the stream: an unfinished character becomes U+FFFD."""
-        return self._decoder.decode(b"", final=True)
-
-
 # ---- the generation worker -----------------------------------------------------------------------
 
 
@@ -375,7 +355,7 @@ class GenerationWorker:
             self.stats.add(cancelled=1, active=-1)
             job.emit("error", "generation cancelled")
             return
-        text, count, start, first = TextStream(self.tokenizer), 0, time.perf_counter(), None
+        text, count, start, first = StreamDecoder(self.tokenizer), 0, time.perf_counter(), None
         try:
             for token in self.tokens(job.prompt, job.request, job.cancel):
                 if first is None:
