@@ -220,3 +220,76 @@ def test_remat_gives_identical_loss_and_grads():
     (l0, g0), (l1, g1) = loss_grad(False), loss_grad(True)
     assert float(l0) == pytest.approx(float(l1), rel=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
+
+
+# ----- the fused lm_head + softcap + cross-entropy, and block-causal attention -----
+
+from jaxchat.model.gpt import _loss_chunk_rows, blocked_causal_attention, head_loss_sum  # noqa: E402
+
+
+def _plain_head_loss(h, kernel, targets):
+    logits = 15.0 * jnp.tanh((h @ kernel) / 15.0)
+    return cross_entropy(logits, targets, "sum")
+
+
+@pytest.mark.parametrize("rows", [4, 12, 24])
+def test_head_loss_sum_matches_materialised_logits(rows):
+    h = jax.random.normal(jax.random.key(0), (24, 16))
+    kernel = jax.random.normal(jax.random.key(1), (16, 40)) * 2.0  # large logits: the softcap matters
+    targets = jax.random.randint(jax.random.key(2), (24,), 0, 40).at[3:7].set(-1)
+    fused = lambda h, k: head_loss_sum(h, k, targets, rows, jnp.dtype(jnp.float32))  # noqa: E731
+    np.testing.assert_allclose(fused(h, kernel), _plain_head_loss(h, kernel, targets), rtol=1e-6)
+    (l1, g1), (l2, g2) = (jax.value_and_grad(f, argnums=(0, 1))(h, kernel) for f in (fused, _plain_head_loss_t(targets)))
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.any(g1[0][3:7])  # ignored rows get no gradient
+    # The cotangent scales the precomputed gradients (the 'mean' reduction relies on it).
+    g_half = jax.grad(lambda h: 0.5 * fused(h, kernel))(h)
+    np.testing.assert_allclose(g_half, 0.5 * g1[0], rtol=1e-6)
+
+
+def _plain_head_loss_t(targets):
+    return lambda h, k: _plain_head_loss(h, k, targets)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_model_loss_and_grads_equal_the_logits_path(reduction):
+    _, params = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+    graphdef, _ = split_params(GPT(TINY, rngs=nnx.Rngs(0)))
+    idx = jax.random.randint(jax.random.key(9), (2, 16), 0, TINY.vocab_size)
+    targets = jnp.roll(idx, -1, axis=1).at[:, -3:].set(-1)
+    fused = lambda p: nnx.merge(graphdef, p)(idx, targets, reduction=reduction)  # noqa: E731
+    plain = lambda p: cross_entropy(nnx.merge(graphdef, p)(idx), targets, reduction)  # noqa: E731
+    (l1, g1), (l2, g2) = (jax.jit(jax.value_and_grad(f))(params) for f in (fused, plain))
+    assert float(l1) == pytest.approx(float(l2), rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g2)
+    assert float(fused(params)) == pytest.approx(float(l2), rel=1e-6)  # the undifferentiated path too
+
+
+def test_loss_chunk_rows_divides_and_fits_budget():
+    assert _loss_chunk_rows(4096, 8192) == 128  # 4 MB of float32 logits on CPU
+    assert 30 % _loss_chunk_rows(30, 65536) == 0
+    assert _loss_chunk_rows(7, 8) == 7  # a small problem is one chunk
+
+
+@pytest.mark.parametrize("seq,block,n_kv", [(16, 4, 2), (12, 5, 4), (8, 8, 1)])
+def test_blocked_causal_attention_equals_masked_attention(seq, block, n_kv):
+    keys = jax.random.split(jax.random.key(seq), 3)
+    q = jax.random.normal(keys[0], (2, seq, 4, 8))
+    k, v = (jax.random.normal(key, (2, seq, n_kv, 8)) for key in keys[1:])
+    dense = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=0.35, implementation="xla")  # noqa: E731
+    blocked = lambda q, k, v: blocked_causal_attention(q, k, v, 0.35, block)  # noqa: E731
+    np.testing.assert_allclose(blocked(q, k, v), dense(q, k, v), atol=2e-6)
+    loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))  # noqa: E731
+    grads = [jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(q, k, v) for f in (blocked, dense)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_attention_implementations_agree_in_the_model():
+    _, params = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+    idx = jax.random.randint(jax.random.key(10), (2, 16), 0, TINY.vocab_size)
+    outs = [nnx.merge(split_params(GPT(TINY, attention=impl, rngs=nnx.Rngs(0)))[0], params)(idx)
+            for impl in ("blocked", "xla")]
+    np.testing.assert_allclose(outs[0], outs[1], atol=2e-5)

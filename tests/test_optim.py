@@ -400,3 +400,50 @@ def test_muon_momentum_warmup():
     for step, expected in ((0, 0.85), (150, 0.90), (300, 0.95), (1000, 0.95)):
         assert float(momentum(step)) == pytest.approx(expected, abs=1e-6), step
         assert float(jax.jit(momentum)(jnp.int32(step))) == pytest.approx(ref_momentum(step), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fast bf16 Newton–Schulz: float32 accumulation, one rounding, batched by shape
+
+from jaxchat.optim.muon import _matmul, orthogonalise_batched  # noqa: E402
+
+
+def test_bf16_matmul_accumulates_in_float32_and_rounds_once():
+    # Integers below 2^4: every product and partial sum is exact in float32, so the only rounding
+    # left is the final one to bf16 (8 significant bits): the result must equal the exact product
+    # rounded once. A bf16 accumulator would round the partial sums (they exceed 2^8) and differ.
+    rng = np.random.default_rng(0)
+    x = rng.integers(-15, 16, size=(64, 512)).astype(np.float32)
+    y = rng.integers(-15, 16, size=(512, 96)).astype(np.float32)
+    ours = _matmul(jnp.asarray(x, jnp.bfloat16), jnp.asarray(y, jnp.bfloat16), jnp.bfloat16)
+    assert ours.dtype == jnp.bfloat16
+    exact = (x.astype(np.float64) @ y).astype(np.float32).astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(np.asarray(ours), exact)
+
+
+def test_orthogonalise_batched_equals_one_matrix_at_a_time():
+    rng = np.random.default_rng(5)
+    shapes = [(16, 48), (48, 16), (16, 48), (32, 32), (32, 32), (3, 12, 20), (40, 24)]
+    mats = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
+    batched = jax.jit(lambda ms: orthogonalise_batched(ms, 5, jnp.float32))(mats)
+    for m, b in zip(mats, batched):
+        assert b.shape == m.shape and b.dtype == jnp.float32
+        np.testing.assert_allclose(b, jax.jit(lambda x: newton_schulz(x, 5, jnp.float32))(m), atol=1e-6)
+    # In bf16 a batched matmul may sum in another order, and NS amplifies a last-bit difference to
+    # the bf16 noise level (≈ 3 %): check the batched result is as accurate as the per-matrix one.
+    batched = jax.jit(lambda ms: orthogonalise_batched(ms, 5, jnp.bfloat16))(mats)
+    for m, b in zip(mats, batched):
+        assert b.shape == m.shape and b.dtype == jnp.bfloat16
+        m64 = np.asarray(m, np.float64).reshape(-1, *m.shape[-2:])
+        exact = np.stack([ref_newton_schulz(x) for x in m64]).reshape(m.shape)
+        assert rel_err(b, exact) < 0.045, (m.shape, rel_err(b, exact))
+
+
+def test_model_sized_bfloat16_newton_schulz_is_as_accurate_as_torch():
+    # At model sizes float32 accumulation order differs from NumPy's, so compare errors against the
+    # float64 result: ours must be as close to it as torch's bf16 arithmetic (emulated) is.
+    G = np.random.default_rng(8).normal(size=(256, 1024)).astype(np.float32)
+    exact = ref_newton_schulz(G)
+    ours = rel_err(np.asarray(jax.jit(newton_schulz)(jnp.asarray(G)), np.float64), exact)
+    torch_like = rel_err(emulated_torch_bf16_newton_schulz(G).astype(np.float64), exact)
+    assert 0.5 * torch_like < ours < 1.2 * torch_like, (ours, torch_like)

@@ -22,6 +22,7 @@ transposed cotangent and leave its fast matmul path (3× slower at d4, measured)
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, NamedTuple
 
@@ -36,7 +37,8 @@ ROTARY_BASE = 10000.0
 # torch's F.rms_norm(eps=None) uses finfo(dtype).eps; our norms always run in float32.
 NORM_EPS = float(jnp.finfo(jnp.float32).eps)
 
-AttentionImpl = Literal["auto", "xla", "cudnn"]
+AttentionImpl = Literal["auto", "blocked", "xla", "cudnn"]
+ATTENTION_BLOCK = 128  # query rows per block of blocked_causal_attention
 
 
 def rms_norm(x: jax.Array) -> jax.Array:
@@ -68,6 +70,34 @@ def _linear(fan_in: int, fan_out: int, dtype, rngs: nnx.Rngs, zero: bool = False
     init = nnx.initializers.zeros_init() if zero else nnx.initializers.normal(stddev=std)
     return nnx.Linear(fan_in, fan_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                       kernel_init=init, rngs=rngs, **kwargs)
+
+
+def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
+                             block: int = ATTENTION_BLOCK) -> jax.Array:
+    """Causal softmax attention that skips the key blocks every query of a block is masked from.
+
+    q (B, T, H, hd), k/v (B, T, K, hd) with H a multiple of K (GQA: query head h reads kv head
+    h // (H/K), nanochat's repeat_interleave). Query block i (rows [i·block, (i+1)·block)) only
+    sees keys [0, (i+1)·block), so its scores are computed against those keys alone and only the
+    diagonal block is masked: the same result as full masked attention (masked entries are exactly
+    zero after the softmax) with (n+1)/2n of its FLOPs for n blocks. Scores and softmax in float32.
+    """
+    batch, seq, n_head, head_dim = q.shape
+    n_kv = k.shape[2]
+    if seq % block:
+        block = seq
+    q = q.reshape(batch, seq, n_kv, n_head // n_kv, head_dim)
+    outputs = []
+    for start in range(0, seq, block):
+        end = start + block
+        scores = jnp.einsum("bqkgd,bskd->bkgqs", q[:, start:end], k[:, :end],
+                            preferred_element_type=jnp.float32) * scale
+        causal = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
+        scores = jnp.where(causal, scores, -jnp.inf)  # every row keeps its diagonal: no all −inf rows
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        outputs.append(jnp.einsum("bkgqs,bskd->bqkgd", probs, v[:, :end], preferred_element_type=jnp.float32))
+    y = jnp.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
+    return y.reshape(batch, seq, n_head, head_dim).astype(q.dtype)
 
 
 class KVCache(NamedTuple):
@@ -114,8 +144,12 @@ class CausalSelfAttention(nnx.Module):
         q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))
         scale = 1.0 / math.sqrt(self.head_dim)
         if cache is None:
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                             implementation=self._implementation(q))
+            implementation = self._implementation(q)
+            if implementation == "blocked":
+                y = blocked_causal_attention(q, k, v, scale)
+            else:
+                y = jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                 implementation=implementation)
             new_kv = None
         else:
             k_cache, v_cache, pos = cache
@@ -132,9 +166,9 @@ class CausalSelfAttention(nnx.Module):
     def _implementation(self, q: jax.Array) -> str | None:
         if self.attention != "auto":
             return self.attention
-        # cuDNN flash attention needs a GPU and 16-bit inputs; XLA everywhere else.
+        # cuDNN flash attention needs a GPU and 16-bit inputs; block-causal XLA everywhere else.
         use_cudnn = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
-        return "cudnn" if use_cudnn else "xla"
+        return "cudnn" if use_cudnn else "blocked"
 
 
 class MLP(nnx.Module):
@@ -176,13 +210,86 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, reduction: str = "mean"
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+def _loss_chunk_rows(rows: int, vocab: int) -> int:
+    """Rows per chunk of the fused head+loss: the largest divisor of ``rows`` whose float32 logits
+    fit the budget (a few MB on CPU, so a chunk's logits stay in cache between the matmul and the
+    softcap/softmax passes; large on GPU, where only memory matters)."""
+    budget = (512 << 20) if jax.default_backend() == "gpu" else (4 << 20)
+    target = max(1, budget // (4 * vocab))
+    return max(d for d in range(1, min(rows, target) + 1) if rows % d == 0)
+
+
+def _head_loss_chunk(h, kernel, targets, dtype):
+    """One chunk: float32 logits, softcap, per-row NLL, and pieces the gradient reuses."""
+    logits = jnp.dot(h.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+    tanh = jnp.tanh(logits / SOFTCAP)
+    # |softcapped logit| ≤ 15, so exp cannot overflow: no running max needed (saves a pass).
+    exp = jnp.exp(SOFTCAP * tanh)
+    valid = targets != -1
+    target_tanh = jnp.take_along_axis(tanh, jnp.where(valid, targets, 0)[:, None], axis=-1)[:, 0]
+    nll = jnp.where(valid, jnp.log(exp.sum(-1)) - SOFTCAP * target_tanh, 0.0)
+    return nll, tanh, exp, valid
+
+
+def _head_loss_sum_impl(h, kernel, targets, rows, dtype, with_grads):
+    chunks = h.shape[0] // rows
+    xs = (h.reshape(chunks, rows, h.shape[1]), targets.reshape(chunks, rows))
+
+    def body(dkernel, chunk):
+        hc, tc = chunk
+        nll, tanh, exp, valid = _head_loss_chunk(hc, kernel, tc, dtype)
+        if not with_grads:
+            return dkernel, (nll.sum(), None)
+        # d nll / d logit = (softmax − onehot) · d softcap/d logit, with d softcap = 1 − tanh².
+        inv_sum = jnp.where(valid, 1.0 / exp.sum(-1), 0.0)[:, None]
+        onehot = (jnp.arange(exp.shape[-1])[None, :] == tc[:, None]) & valid[:, None]
+        dlogits = (exp * inv_sum - onehot) * (1.0 - tanh * tanh)
+        dl = dlogits.astype(dtype)
+        dh = jnp.dot(dl, kernel.astype(dtype).T, preferred_element_type=jnp.float32).astype(h.dtype)
+        dkernel = dkernel + jnp.dot(hc.astype(dtype).T, dl, preferred_element_type=jnp.float32)
+        return dkernel, (nll.sum(), dh)
+
+    dkernel, (losses, dh) = jax.lax.scan(body, jnp.zeros(kernel.shape, jnp.float32), xs)
+    if not with_grads:
+        return losses.sum()
+    return losses.sum(), dh.reshape(h.shape), dkernel.astype(kernel.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def head_loss_sum(h: jax.Array, kernel: jax.Array, targets: jax.Array, rows: int, dtype) -> jax.Array:
+    """Σ cross-entropy of softcap(h @ kernel) over targets ≠ −1, without materialising the logits.
+
+    h (N, D), kernel (D, V), targets (N,) int. Same numbers as ``cross_entropy(GPT._logits...,
+    'sum')`` up to float32 rounding, but the (N, V) float32 logits are only ever built ``rows`` at
+    a time. Under differentiation the forward pass also computes the gradients of each chunk while
+    its logits are still in cache (the loss is a sum, so they only scale by the incoming
+    cotangent): the logits are never stored for the backward pass, and no pass over them reads
+    main memory.
+    """
+    return _head_loss_sum_impl(h, kernel, targets, rows, dtype, with_grads=False)
+
+
+def _head_loss_sum_fwd(h, kernel, targets, rows, dtype):
+    loss, dh, dkernel = _head_loss_sum_impl(h, kernel, targets, rows, dtype, with_grads=True)
+    return loss, (dh, dkernel)
+
+
+def _head_loss_sum_bwd(rows, dtype, residuals, g):
+    dh, dkernel = residuals
+    return (g * dh).astype(dh.dtype), (g * dkernel).astype(dkernel.dtype), None
+
+
+head_loss_sum.defvjp(_head_loss_sum_fwd, _head_loss_sum_bwd)
+
+
 class GPT(nnx.Module):
     """nanochat's GPT. ``model(idx)`` → float32 softcapped logits; ``model(idx, targets)`` → loss.
 
     Args:
       config: the shape.
       dtype: compute dtype of matmuls and attention (params stay float32). bfloat16 on GPU.
-      attention: 'auto' (cuDNN on GPU with 16-bit dtype, else XLA), 'xla' or 'cudnn'.
+      attention: 'auto' (cuDNN on GPU with 16-bit dtype, else 'blocked'), 'blocked'
+        (``blocked_causal_attention``), 'xla' (``jax.nn.dot_product_attention``) or 'cudnn'.
       remat: recompute each block's activations in the backward pass (saves memory at depth).
       rngs: initialisation randomness.
     """
@@ -201,13 +308,19 @@ class GPT(nnx.Module):
 
     def __call__(self, idx: jax.Array, targets: jax.Array | None = None, *, reduction: str = "mean"):
         batch, seq = idx.shape
-        cos, sin = rotary_cos_sin(jnp.arange(seq), self.config.head_dim)
+        # Positions are static here: evaluate the tables now, so they enter the program as
+        # constants; computed in-graph, XLA fused cos/sin into every rotary fusion that reads them
+        # (recomputed per element, for q and k of every layer, forward and backward).
+        with jax.ensure_compile_time_eval():
+            cos, sin = rotary_cos_sin(jnp.arange(seq), self.config.head_dim)
         x = rms_norm(self.wte(idx.reshape(-1)))
         for block in self.h:
             if self.remat:
                 x = nnx.remat(lambda blk, x, cos, sin: blk(x, cos, sin))(block, x, cos, sin)
             else:
                 x = block(x, cos, sin)
+        if targets is not None and reduction in ("sum", "mean"):
+            return self._loss(x, targets.reshape(-1), reduction)
         logits = self._logits(x).reshape(batch, seq, -1)
         return logits if targets is None else cross_entropy(logits, targets, reduction)
 
@@ -228,6 +341,15 @@ class GPT(nnx.Module):
         advance = seq if length is None else length
         logits = self._logits(x).reshape(batch, seq, -1)
         return logits, KVCache(tuple(new_k), tuple(new_v), cache.pos + advance)
+
+    def _loss(self, x: jax.Array, targets: jax.Array, reduction: str) -> jax.Array:
+        """Fused lm_head + softcap + cross-entropy (``head_loss_sum``) on the flat stream x (N, D)."""
+        kernel = self.lm_head.kernel[...]
+        rows = _loss_chunk_rows(x.shape[0], kernel.shape[1])
+        total = head_loss_sum(rms_norm(x), kernel, targets, rows, jnp.dtype(self.lm_head.dtype or jnp.float32))
+        if reduction == "sum":
+            return total
+        return total / jnp.maximum((targets != -1).sum(), 1)
 
     def _logits(self, x: jax.Array) -> jax.Array:
         logits = self.lm_head(rms_norm(x)).astype(jnp.float32)
