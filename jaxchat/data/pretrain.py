@@ -37,7 +37,7 @@ import grain
 import numpy as np
 
 from jaxchat.common import JaxchatError
-from jaxchat.data.shards import _open as open_shard
+from jaxchat.data.shards import open_shard
 
 # Documents tokenised per encode call: big enough to amortise the call, small enough that the first
 # batch after a (re)start does not wait for a whole row group (~1024 FineWeb documents, ~1M tokens).

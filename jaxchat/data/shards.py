@@ -42,7 +42,8 @@ def split_shards(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     return paths[:-1], paths[-1:]
 
 
-def _open(path: Path) -> pq.ParquetFile:
+def open_shard(path: Path) -> pq.ParquetFile:
+    """Open a FineWeb-format shard; JaxchatError naming the file if it is unreadable or has no string `text`."""
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
@@ -67,7 +68,7 @@ def iter_texts(paths: Sequence[Path], max_chars: int | None = None, doc_cap: int
     for path in paths:
         if remaining is not None and remaining <= 0:
             return
-        pf = _open(Path(path))
+        pf = open_shard(Path(path))
         for rg in range(pf.num_row_groups):
             for text in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
                 if text is None:
