@@ -98,6 +98,7 @@ def run_loop(spec: LoopSpec, state: TrainState, train_step: Callable, batches: I
         t_last = time.perf_counter()  # the next step's dt should not include evals and saves
 
     step, progress = start_step, 0.0
+    host_cpu = jax.local_devices(backend="cpu")[0]
     pending: tuple[int, dict, float, int] | None = None  # the step in flight whose metrics are unread
     try:
         while spec.num_steps is None or step < spec.num_steps:
@@ -106,8 +107,12 @@ def run_loop(spec: LoopSpec, state: TrainState, train_step: Callable, batches: I
             except StopIteration:
                 break
             progress = float(batch.pop("progress", progress))
+            # Schedules are jnp functions; evaluated on the host CPU, reading one never waits for the
+            # accelerator's queue (which would be a host sync per step).
+            with jax.default_device(host_cpu):
+                lrm = np.float32(spec.lr_multiplier(step, progress))
             arrays = {"inputs": batch["inputs"], "targets": batch["targets"]}
-            state, device_metrics = train_step(state, arrays, np.float32(spec.lr_multiplier(step, progress)))
+            state, device_metrics = train_step(state, arrays, lrm)
             if pending is not None:
                 report(*pending)  # step k-1's metrics are read while step k runs
             # tok/s counts what the device computes (padding included): the batch's size, no sync.

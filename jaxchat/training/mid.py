@@ -20,11 +20,6 @@ from jaxchat.tokenizer import load_tokenizer
 from jaxchat.training.stage import Stage
 
 
-def progress_lr_multiplier(progress: float) -> float:
-    """SPEC §6 on epoch progress: 1 until 0.8, then linear to 0 at 1 (never rising: upstream b8076dd)."""
-    return 1.0 if progress < 0.8 else max(0.0, 1.0 - (progress - 0.8) / 0.2)
-
-
 def val_rows(dataset, num_batches: int) -> list[dict[str, Any]]:
     """The first ``num_batches`` batches of a finite chat dataset, inputs/targets only."""
     return [{"inputs": b["inputs"], "targets": b["targets"]} for b in itertools.islice(iter(dataset), num_batches)]
@@ -45,13 +40,17 @@ def train_mid(cfg: RunConfig) -> dict[str, Any]:
                    max(1, section.eval_tokens // (rows * seq)))
     stage.add_eval(section.eval_every, lambda state: {"val_bpb": stage.bpb(state, val)})
 
-    if section.num_iterations > 0:
-        schedule = mid_lr_multiplier(section.num_iterations)
-        lr_multiplier = lambda step, _progress: float(schedule(step))  # noqa: E731
-        steps_text = f"{section.num_iterations:,} steps (mid.num_iterations)"
-    else:
-        lr_multiplier = lambda _step, progress: progress_lr_multiplier(progress)  # noqa: E731
-        steps_text = "one epoch (LR follows epoch progress)"
+    # SPEC §6 on the fraction of the run done: the epoch's progress, or the steps' when
+    # mid.num_iterations caps the run earlier — whichever ends first (mid_lr_multiplier(1) maps a
+    # fraction in [0, 1] to 1 until 0.8, then linearly to 0).
+    schedule = mid_lr_multiplier(1)
+    cap = section.num_iterations
+
+    def lr_multiplier(step: int, progress: float) -> float:
+        return float(schedule(max(progress, step / cap if cap > 0 else 0.0)))
+
+    steps_text = (f"one epoch or {cap:,} steps, whichever ends first" if cap > 0
+                  else "one epoch (LR follows epoch progress)")
     plan = [
         ("horizon", steps_text),
         ("train mixture", f"{len(train_task):,} conversations"),

@@ -8,6 +8,7 @@ assistant's tokens are targets). Val loss every ``eval_every``; MMLU and ARC-Eas
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from jaxchat.config import RunConfig
@@ -29,8 +30,9 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
     train_task = sft_train_mixture(scale=section.task_scale)
     val = sft_val_tasks(scale=section.task_scale)
     data = sft_dataset(train_task, tokenizer, rows=section.examples_per_step, seq_len=seq)
-    epoch_steps = len(train_task) // section.examples_per_step
-    num_steps = section.num_iterations if section.num_iterations > 0 else max(1, epoch_steps)
+    # One epoch; the last, partial batch is padded with masked rows. num_iterations can only cut it short.
+    epoch_steps = math.ceil(len(train_task) / section.examples_per_step)
+    num_steps = min(section.num_iterations, epoch_steps) if section.num_iterations > 0 else epoch_steps
     schedule = sft_lr_multiplier(num_steps)
 
     val_loss = val_rows(sft_dataset(val["loss"], tokenizer, rows=section.device_batch_size, seq_len=seq),
@@ -41,7 +43,7 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
         "arc_easy_acc": stage.categorical_accuracy(state, val["arc_easy"], section.metrics_max_problems),
     })
     plan = [
-        ("horizon", f"{num_steps:,} steps ({'sft.num_iterations' if section.num_iterations > 0 else 'one epoch'})"),
+        ("horizon", f"{num_steps:,} steps (one epoch{', capped by sft.num_iterations' if num_steps < epoch_steps else ''})"),
         ("train mixture", f"{len(train_task):,} conversations, {section.examples_per_step} per step "
                           f"({section.device_batch_size} rows × {accum} micro-batches)"),
         ("LR", f"{section.init_lr_frac:g} × base LRs, linear to 0; no clipping; Muon momentum 0.95"),
