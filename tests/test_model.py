@@ -268,7 +268,8 @@ def test_model_loss_and_grads_equal_the_logits_path(reduction):
 
 
 def test_loss_chunk_rows_divides_and_fits_budget():
-    assert _loss_chunk_rows(4096, 8192) == 128  # 4 MB of float32 logits on CPU
+    assert _loss_chunk_rows(4096, 8192) == 512  # 16 MB of float32 logits on CPU
+    assert _loss_chunk_rows(4096, 65536) == 64
     assert 30 % _loss_chunk_rows(30, 65536) == 0
     assert _loss_chunk_rows(7, 8) == 7  # a small problem is one chunk
 
