@@ -9,7 +9,6 @@ mid / SFT), saves a final checkpoint, and returns the last metrics.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from typing import Any, Callable, Iterator
@@ -29,11 +28,10 @@ class LoopSpec:
     """What a stage hands the loop."""
 
     stage: str
-    num_steps: int | None  # None: until the batches run out (then ``expected_steps`` is only an estimate)
+    num_steps: int | None  # None: until the batches run out (one epoch)
     lr_multiplier: Callable[[int, float], float]  # (step, epoch progress) → LR multiplier
     flops_per_token: float
     peak_flops: float | None  # for MFU; None → not shown
-    expected_steps: int | None = None
     eval_hooks: tuple[EvalHook, ...] = ()
     save_every: int = -1
     ema_beta: float = 0.9
@@ -60,7 +58,7 @@ def run_loop(spec: LoopSpec, state: TrainState, train_step: Callable, batches: I
     train metrics of every step, and the eval metrics of the steps that ran evals).
     """
     start_step = int(state.step)
-    total = spec.num_steps or spec.expected_steps
+    total = spec.num_steps
     bar = tqdm(total=total, initial=start_step, desc=spec.stage, unit="step", file=sys.stderr,
                dynamic_ncols=True, disable=None)
     t_start = t_last = time.perf_counter()
@@ -162,7 +160,3 @@ def format_plan(rows: list[tuple[str, Any]]) -> str:
     """The plan table printed before a stage starts."""
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
-
-
-def accumulation_steps(total_tokens: int, device_batch: int, seq_len: int) -> int:
-    return math.ceil(total_tokens / (device_batch * seq_len))

@@ -126,9 +126,7 @@ class Stage:
     # ---- the run ----------------------------------------------------------------------------------
 
     def run(self, data, *, num_steps: int | None, lr_multiplier: Callable[[int, float], float], accum: int,
-            plan: list[tuple[str, Any]], total_flops: float | None = None,
-            expected_steps: int | None = None, report_rows: Callable[[dict], list[tuple[str, Any]]] | None = None,
-            ) -> dict[str, Any]:
+            plan: list[tuple[str, Any]], total_flops: float | None = None) -> dict[str, Any]:
         """Resume or start, print the plan, train, checkpoint, write the report section."""
         cfg, mc = self.cfg, self.model_config
         self.checkpointer = StageCheckpointer(self.directory, max_to_keep=cfg.checkpoint.keep_last)
@@ -136,7 +134,7 @@ class Stage:
         data_state = None
         if self.resume_step is not None:
             target = abstract_state(self.params, self.tx)
-            params, opt_state, data_state, meta = self.checkpointer.restore(self.resume_step, target.params,
+            params, opt_state, data_state, _ = self.checkpointer.restore(self.resume_step, target.params,
                                                                             target.opt_state)
             state = TrainState(step=np.int32(self.resume_step), params=params, opt_state=opt_state)
         self.params = None  # the state owns the params now (they are donated every step)
@@ -170,8 +168,7 @@ class Stage:
         print(format_plan(header), flush=True)
 
         spec = LoopSpec(stage=self.name, num_steps=num_steps, lr_multiplier=lr_multiplier,
-                        flops_per_token=flops_per_token, peak_flops=peak,
-                        expected_steps=expected_steps, eval_hooks=tuple(self.evals),
+                        flops_per_token=flops_per_token, peak_flops=peak, eval_hooks=tuple(self.evals),
                         save_every=cfg.checkpoint.save_every)
         logger = MetricsLogger(self.name, cfg.run_tag, wandb_run=cfg.wandb_run or None)
         t0 = time.perf_counter()
@@ -188,11 +185,10 @@ class Stage:
             state, last = run_loop(spec, state, train_step, batches, save=save,
                                    log=lambda step, m: logger.log(step, **{k: v for k, v in m.items() if k != "step"}))
         finally:
+            batches.close()  # stop the prefetch threads
             logger.close()
             self.checkpointer.close()
-        seconds = time.perf_counter() - t0
-        last = {k: v for k, v in last.items()}
-        self._report(header, last, seconds, report_rows)
+        self._report(header, last, time.perf_counter() - t0)
         return last
 
     def _device_batches(self, iterator, accum: int, mesh):
@@ -203,7 +199,7 @@ class Stage:
 
         return device_prefetch(iterator, sharding=sharding.batch_sharding(mesh), microbatches=accum)
 
-    def _report(self, header, last: dict[str, float], seconds: float, report_rows) -> None:
+    def _report(self, header, last: dict[str, float], seconds: float) -> None:
         from jaxchat.report import write_section
 
         rows = [*header, ("training time", f"{seconds / 60:.1f} min"),
@@ -211,8 +207,6 @@ class Stage:
         for key in ("loss_ema", "val_bpb", "core", "val_loss", "mmlu_acc", "arc_easy_acc", "mfu", "tok_per_s"):
             if key in last:
                 rows.append((key, f"{last[key]:.4f}" if key not in ("tok_per_s",) else f"{last[key]:,.0f}"))
-        if report_rows:
-            rows += report_rows(last)
         table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
         metrics = {"CORE": last["core"]} if "core" in last else {}
         title = {"base": "Base", "mid": "Mid", "sft": "SFT"}[self.name]
