@@ -9,6 +9,7 @@ mid / SFT), saves a final checkpoint, and returns the last metrics.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from typing import Any, Callable, Iterator
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from jaxchat.common import JaxchatError
 from jaxchat.training.step import TrainState
 
 # An eval hook: (every, fn(state) -> {metric: float}); every ≤ 0 → only at the end.
@@ -80,6 +82,11 @@ def run_loop(spec: LoopSpec, state: TrainState, train_step: Callable, batches: I
         bar.write(_line(spec.stage, done, total, m))
         log(done, m)
         last = {**last, **m}
+        if not (math.isfinite(host["loss"]) and math.isfinite(host["grad_norm"])):
+            # Stop before a diverged state reaches a checkpoint: the last saved one stays the newest.
+            raise JaxchatError(f"{spec.stage} step {done}: loss {host['loss']}, grad norm {host['grad_norm']} — "
+                               "training diverged; nothing was saved after the last checkpoint. Lower the "
+                               "learning rates or check the data, then --resume.")
 
     def evaluate_and_save(state: TrainState, done: int, final: bool) -> None:
         nonlocal last, t_last

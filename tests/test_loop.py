@@ -1,0 +1,70 @@
+"""The shared step loop: lagged metrics, eval and checkpoint cadence, stopping on divergence."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxchat.common import JaxchatError
+from jaxchat.training.loop import LoopSpec, run_loop
+from jaxchat.training.step import TrainState
+
+
+def fake_step(losses):
+    """A 'train step' that counts steps and reports the given losses in turn."""
+
+    def step(state, batch, lrm):
+        loss = losses[int(state.step)]
+        metrics = {"loss": jnp.float32(loss), "grad_norm": jnp.float32(1.0), "lrm": jnp.float32(lrm),
+                   "tokens": jnp.int32(batch["inputs"].size)}
+        return TrainState(state.step + 1, state.params, state.opt_state), metrics
+
+    return step
+
+
+def batches(n, progress=False):
+    for i in range(n):
+        batch = {"inputs": np.zeros((1, 2, 4), np.int32), "targets": np.zeros((1, 2, 4), np.int32)}
+        if progress:
+            batch["progress"] = (i + 1) / n
+        yield batch
+
+
+def run(losses, *, num_steps, n_batches, evals=(), save_every=-1, progress=False, saves=None):
+    spec = LoopSpec(stage="test", num_steps=num_steps, lr_multiplier=lambda step, p: 1.0 - 0.1 * step,
+                    flops_per_token=1.0, peak_flops=None, eval_hooks=evals, save_every=save_every)
+    saves, logs = [] if saves is None else saves, []
+    state = TrainState(jnp.int32(0), {}, ())
+    state, last = run_loop(spec, state, fake_step(losses), batches(n_batches, progress),
+                           save=lambda s, m, final: saves.append((int(s.step), final)),
+                           log=lambda step, m: logs.append((step, dict(m))))
+    return state, last, saves, logs
+
+
+def test_every_step_logged_in_order_with_evals_and_saves_on_cadence():
+    evaluated = []
+    hook = (2, lambda s: evaluated.append(int(s.step)) or {"val": float(s.step)})
+    state, last, saves, logs = run([3.0, 2.0, 1.0, 0.5, 0.25], num_steps=5, n_batches=10, evals=(hook,),
+                                   save_every=2)
+    assert int(state.step) == 5
+    train_logs = [(step, m) for step, m in logs if "loss" in m]
+    assert [step for step, _ in train_logs] == [1, 2, 3, 4, 5]
+    assert [m["lrm"] for _, m in train_logs] == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6])
+    assert evaluated == [2, 4, 5]  # on cadence, and once more at the end
+    assert saves == [(2, False), (4, False), (5, True)]
+    assert last["val"] == 5.0 and last["step"] == 5
+    # Debiased EMA: the first value is the loss itself.
+    assert train_logs[0][1]["loss_ema"] == pytest.approx(3.0)
+
+
+def test_stops_when_the_batches_run_out_with_progress():
+    state, last, saves, _ = run([1.0] * 10, num_steps=None, n_batches=3, progress=True)
+    assert int(state.step) == 3 and saves == [(3, True)] and last["progress"] == 1.0
+
+
+def test_divergence_stops_before_anything_is_saved():
+    saves = []
+    with pytest.raises(JaxchatError, match="step 3: loss nan.*diverged"):
+        run([2.0, 1.5, float("nan"), 1.0, 1.0], num_steps=5, n_batches=5, save_every=2, saves=saves)
+    assert saves == [(2, False)]  # the step-2 checkpoint stays the newest; nothing after it is written
