@@ -294,3 +294,17 @@ def test_attention_implementations_agree_in_the_model():
     outs = [nnx.merge(split_params(GPT(TINY, attention=impl, rngs=nnx.Rngs(0)))[0], params)(idx)
             for impl in ("blocked", "xla")]
     np.testing.assert_allclose(outs[0], outs[1], atol=2e-5)
+
+
+def test_logits_at_chosen_positions_from_the_hidden_stream():
+    """Evaluation computes lm_head only where it needs logits: same numbers as the full forward."""
+    model = GPT(TINY, rngs=nnx.Rngs(7))
+    params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(8), a.shape), params_of(model))
+    graphdef, _ = split_params(model)
+    model = nnx.merge(graphdef, params)
+    idx = jax.random.randint(jax.random.key(9), (3, 10), 0, TINY.vocab_size)
+    positions = jnp.array([9, 0, 4])
+    hidden = model.hidden(idx)
+    assert hidden.shape == (3, 10, TINY.n_embd)
+    picked = model.logits(hidden[jnp.arange(3), positions])
+    np.testing.assert_allclose(picked, model(idx)[jnp.arange(3), positions], rtol=1e-5, atol=1e-6)

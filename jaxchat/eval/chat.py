@@ -93,8 +93,8 @@ def _progress(total: int, desc: str, enabled: bool):
 def answer_logits(graphdef: nnx.GraphDef, params: Any, tokens: jax.Array, positions: jax.Array) -> jax.Array:
     """Float32 logits (B, V) at ``positions[b]`` of each row of ``tokens`` (B, L)."""
     model = nnx.merge(graphdef, params)
-    logits = model(tokens)
-    return logits[jnp.arange(tokens.shape[0]), positions]
+    # lm_head only at the answer positions: (B, D) → (B, V), never (B, L, V).
+    return model.logits(model.hidden(tokens)[jnp.arange(tokens.shape[0]), positions])
 
 
 def _letter_ids(tokenizer: Any, letters: Sequence[str], cache: dict[str, int]) -> list[int]:

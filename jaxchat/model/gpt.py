@@ -267,7 +267,7 @@ def _head_loss_sum_impl(h, kernel, targets, rows, dtype, with_grads):
 def head_loss_sum(h: jax.Array, kernel: jax.Array, targets: jax.Array, rows: int, dtype) -> jax.Array:
     """Σ cross-entropy of softcap(h @ kernel) over targets ≠ −1, without materialising the logits.
 
-    h (N, D), kernel (D, V), targets (N,) int. Same numbers as ``cross_entropy(GPT._logits...,
+    h (N, D), kernel (D, V), targets (N,) int. Same numbers as ``cross_entropy(GPT.logits(...),
     'sum')`` up to float32 rounding, but the (N, V) float32 logits are only ever built ``rows`` at
     a time. Under differentiation the forward pass also computes the gradients of each chunk while
     its logits are still in cache (the loss is a sum, so they only scale by the incoming
@@ -316,6 +316,19 @@ class GPT(nnx.Module):
 
     def __call__(self, idx: jax.Array, targets: jax.Array | None = None, *, reduction: str = "mean"):
         batch, seq = idx.shape
+        x = self.hidden(idx).reshape(batch * seq, -1)
+        if targets is not None and reduction in ("sum", "mean"):
+            return self._loss(x, targets.reshape(-1), reduction)
+        logits = self.logits(x).reshape(batch, seq, -1)
+        return logits if targets is None else cross_entropy(logits, targets, reduction)
+
+    def hidden(self, idx: jax.Array) -> jax.Array:
+        """The residual stream after the last block, (B, T, D), before the final norm and lm_head.
+
+        ``model.logits(model.hidden(idx)[rows, positions])`` gives the logits of a few positions
+        without computing (B, T, V) of them (evaluation at answer positions).
+        """
+        batch, seq = idx.shape
         # Positions are static here: evaluate the tables now, so they enter the program as
         # constants; computed in-graph, XLA fused cos/sin into every rotary fusion that reads them
         # (recomputed per element, for q and k of every layer, forward and backward).
@@ -327,10 +340,7 @@ class GPT(nnx.Module):
                 x = nnx.remat(lambda blk, x, cos, sin: blk(x, cos, sin))(block, x, cos, sin)
             else:
                 x = block(x, cos, sin)
-        if targets is not None and reduction in ("sum", "mean"):
-            return self._loss(x, targets.reshape(-1), reduction)
-        logits = self._logits(x).reshape(batch, seq, -1)
-        return logits if targets is None else cross_entropy(logits, targets, reduction)
+        return x.reshape(batch, seq, -1)
 
     def decode(self, idx: jax.Array, cache: KVCache, length: jax.Array | int | None = None):
         """Run (B, T) new tokens against the cache: prefill (T = prompt) or one decode step (T = 1).
@@ -347,7 +357,7 @@ class GPT(nnx.Module):
             new_k.append(k)
             new_v.append(v)
         advance = seq if length is None else length
-        logits = self._logits(x).reshape(batch, seq, -1)
+        logits = self.logits(x).reshape(batch, seq, -1)
         return logits, KVCache(tuple(new_k), tuple(new_v), cache.pos + advance)
 
     def _loss(self, x: jax.Array, targets: jax.Array, reduction: str) -> jax.Array:
@@ -359,7 +369,8 @@ class GPT(nnx.Module):
             return total
         return total / jnp.maximum((targets != -1).sum(), 1)
 
-    def _logits(self, x: jax.Array) -> jax.Array:
+    def logits(self, x: jax.Array) -> jax.Array:
+        """Float32 softcapped logits (..., V) of residual-stream vectors x (..., D)."""
         logits = self.lm_head(rms_norm(x)).astype(jnp.float32)
         return SOFTCAP * jnp.tanh(logits / SOFTCAP)
 
