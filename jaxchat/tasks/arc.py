@@ -23,7 +23,7 @@ from jaxchat.tasks._data import (
     shuffled_order,
     struct_with,
 )
-from jaxchat.tasks.base import Conversation, Task, evaluate_letter, render_mc
+from jaxchat.tasks.base import Conversation, DatasetTask, evaluate_letter, render_mc
 
 SUBSETS = ("ARC-Easy", "ARC-Challenge")
 SPLITS = ("train", "validation", "test")
@@ -43,7 +43,7 @@ def _row_problem(question: str | None, choices: dict | None, answer: str | None)
     return None
 
 
-class ARC(Task):
+class ARC(DatasetTask):
     """ARC questions rendered as multiple choice (SPEC §8) with the dataset's own labels as letters."""
 
     def __init__(self, subset: str, split: str, *, home: str | Path | None = None, **view: int | None):
@@ -80,11 +80,8 @@ class ARC(Task):
     def eval_type(self) -> str:
         return "categorical"
 
-    def num_examples(self) -> int:
-        return len(self.order)
-
     def get_example(self, index: int) -> Conversation:
-        row = self.ds[int(self.order[index])]
+        row = self.row(index)
         letters = list(row["choices"]["label"])
         return {
             "messages": [

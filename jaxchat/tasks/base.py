@@ -84,6 +84,21 @@ class Task:
             yield self[i]
 
 
+class DatasetTask(Task):
+    """A task over one cached HF split: the rows of ``self.ds`` visited in ``self.order`` (set by the
+    subclass: a fixed shuffle, minus skipped rows)."""
+
+    ds: Any
+    order: np.ndarray
+
+    def num_examples(self) -> int:
+        return len(self.order)
+
+    def row(self, index: int) -> dict[str, Any]:
+        """The dataset row behind example ``index``."""
+        return self.ds[int(self.order[index])]
+
+
 class TaskMixture(Task):
     """All examples of ``tasks`` in one deterministic shuffled order (so the tasks are interleaved).
 

@@ -25,7 +25,7 @@ from jaxchat.tasks._data import (
     shuffled_order,
     to_numpy_bool,
 )
-from jaxchat.tasks.base import Conversation, Task
+from jaxchat.tasks.base import Conversation, DatasetTask
 
 SPLITS = ("train", "test")
 ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
@@ -71,7 +71,7 @@ def evaluate_hash_answer(conversation: Conversation, completion: str) -> bool:
     return same_number(extract_answer(reference), predicted)
 
 
-class GSM8K(Task):
+class GSM8K(DatasetTask):
     """GSM8K problems: user question → assistant solution with calculator parts and ``#### N``."""
 
     def __init__(self, subset: str, split: str, *, home: str | Path | None = None, **view: int | None):
@@ -105,11 +105,8 @@ class GSM8K(Task):
     def eval_type(self) -> str:
         return "generative"
 
-    def num_examples(self) -> int:
-        return len(self.order)
-
     def get_example(self, index: int) -> Conversation:
-        row = self.ds[int(self.order[index])]
+        row = self.row(index)
         return {
             "messages": [
                 {"role": "user", "content": row["question"]},

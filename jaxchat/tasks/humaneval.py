@@ -24,7 +24,7 @@ from jaxchat.tasks._data import (
     shuffled_order,
     to_numpy_bool,
 )
-from jaxchat.tasks.base import Conversation, Task
+from jaxchat.tasks.base import Conversation, DatasetTask
 from jaxchat.tasks.sandbox import DEFAULT_MEMORY_BYTES, DEFAULT_TIMEOUT_S, ExecutionResult, execute_code
 
 COLUMNS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
@@ -59,7 +59,7 @@ def build_program(conversation: Conversation, completion: str) -> str:
     )
 
 
-class HumanEval(Task):
+class HumanEval(DatasetTask):
     """HumanEval problems, shuffled with seed 42 like nanochat; generative, scored by running tests."""
 
     def __init__(
@@ -87,11 +87,8 @@ class HumanEval(Task):
     def eval_type(self) -> str:
         return "generative"
 
-    def num_examples(self) -> int:
-        return len(self.order)
-
     def get_example(self, index: int) -> Conversation:
-        row = self.ds[int(self.order[index])]
+        row = self.row(index)
         return {
             "messages": [
                 {"role": "user", "content": row["prompt"]},

@@ -27,7 +27,7 @@ from jaxchat.tasks._data import (
     struct_with,
     to_numpy_bool,
 )
-from jaxchat.tasks.base import Conversation, Task, evaluate_letter, render_mc
+from jaxchat.tasks.base import Conversation, DatasetTask, evaluate_letter, render_mc
 
 SPLITS = {"all": ("test", "validation", "dev"), "auxiliary_train": ("train",)}
 FIELDS = {"question": is_str, "subject": is_str, "choices": is_str_list, "answer": is_int}
@@ -40,7 +40,7 @@ def _unwrap(table: pa.Table) -> pa.Table:
     return pa.table({name: pc.struct_field(col, name) for name in FIELDS})
 
 
-class MMLU(Task):
+class MMLU(DatasetTask):
     """MMLU questions rendered as multiple choice (SPEC §8); answers are the letters A–D."""
 
     letters = ("A", "B", "C", "D")
@@ -95,11 +95,8 @@ class MMLU(Task):
     def eval_type(self) -> str:
         return "categorical"
 
-    def num_examples(self) -> int:
-        return len(self.order)
-
     def get_example(self, index: int) -> Conversation:
-        row = self.ds[int(self.order[index])]
+        row = self.row(index)
         if self.subset == "auxiliary_train":
             row = row["train"]
         return {

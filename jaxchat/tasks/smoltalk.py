@@ -22,13 +22,13 @@ from jaxchat.tasks._data import (
     messages_type,
     shuffled_order,
 )
-from jaxchat.tasks.base import Conversation, Task, conversation_problem
+from jaxchat.tasks.base import Conversation, DatasetTask, conversation_problem
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 
 
-class SmolTalk(Task):
+class SmolTalk(DatasetTask):
     """SmolTalk conversations (optional system message, then user/assistant turns), shuffled with seed 42."""
 
     def __init__(self, split: str, *, strict: bool = False, home: str | Path | None = None, **view: int | None):
@@ -58,8 +58,5 @@ class SmolTalk(Task):
     def eval_type(self) -> str:
         return "generative"
 
-    def num_examples(self) -> int:
-        return len(self.order)
-
     def get_example(self, index: int) -> Conversation:
-        return {"messages": self.ds[int(self.order[index])]["messages"]}
+        return {"messages": self.row(index)["messages"]}
