@@ -366,6 +366,12 @@ def read_meta(stage: str, tag: str | None = None, step: int | None = None,
     return meta
 
 
+def evaluated_checkpoint(stage: str, meta: dict) -> dict[str, Any]:
+    """Which checkpoint a ``read_meta`` / ``load_model`` meta describes: {source, tag, step} (for reports)."""
+    checkpoint = meta.get("checkpoint")
+    return {"source": stage, "tag": Path(checkpoint).parent.name if checkpoint else "?", "step": meta.get("step", "?")}
+
+
 def load_params(stage: str, tag: str | None = None, step: int | None = None, *, abstract_params: Any,
                 home: str | Path | None = None) -> tuple[Any, dict]:
     """Restore ONLY the params item of a checkpoint (the next stage builds a fresh optimizer).

@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from jaxchat.data.shards import list_shards, split_shards
 
             split_shards(list_shards())
-        from jaxchat.checkpoint import load_model
+        from jaxchat.checkpoint import evaluated_checkpoint, load_model
 
         model, tokenizer, meta = load_model(args.source, tag=args.tag, step=args.step)
         result = evaluate_base(model, tokenizer, bpb_tokens=args.bpb_tokens, device_batch_size=args.device_batch_size,
@@ -150,9 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(result))
-    checkpoint = meta.get("checkpoint")
-    settings = {"source": args.source, "tag": Path(checkpoint).parent.name if checkpoint else "?",
-                "step": meta.get("step", "?"),
+    settings = {**evaluated_checkpoint(args.source, meta),
                 "CORE items per task": "all" if args.core_max_per_task == -1 else args.core_max_per_task}
     if not args.skip_bpb:
         settings["bpb tokens"] = f"{args.bpb_tokens:,}"

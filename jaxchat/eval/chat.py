@@ -24,7 +24,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -254,13 +253,6 @@ def write_report(stage: str, result: dict[str, Any], settings: dict[str, Any]) -
                              metrics=metrics))
 
 
-def checkpoint_settings(stage: str, meta: dict) -> dict[str, Any]:
-    """Which checkpoint was evaluated (stage, tag, step), from ``load_model``'s meta, for the report."""
-    checkpoint = meta.get("checkpoint")
-    tag = Path(checkpoint).parent.name if checkpoint else "?"
-    return {"source": stage, "tag": tag, "step": meta.get("step", "?")}
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m jaxchat.eval.chat", description="Chat evaluation (SPEC §9)")
@@ -284,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         names = parse_task_names(args.task_name)
         tasks = {name: build_task(name) for name in names}  # missing data fails before the model loads
-        from jaxchat.checkpoint import load_model
+        from jaxchat.checkpoint import evaluated_checkpoint, load_model
 
         model, tokenizer, meta = load_model(args.source, tag=args.tag, step=args.step)
         result = evaluate_chat(model, tokenizer, names, batch_size=args.batch_size, num_samples=args.num_samples,
@@ -294,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_table(result))
-    settings = {**checkpoint_settings(args.source, meta),
+    settings = {**evaluated_checkpoint(args.source, meta),
                 "max_problems": args.max_problems or "all", "num_samples": args.num_samples,
                 "temperature": args.temperature, "top_k": args.top_k, "max_new_tokens": args.max_new_tokens}
     try:
