@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -216,8 +215,6 @@ def _type_name(obj: Any, name: str) -> str:
 
 def _coerce(key: str, value: Any, target: type) -> Any:
     """``value`` (a TOML value or a command-line string) as ``target``; JaxchatError otherwise."""
-    if isinstance(target, types.UnionType):  # not used today; keep errors honest if added
-        raise JaxchatError(f"{key}: union types are not supported in configs")
     if isinstance(value, str) and target is not str:
         text = value.strip()
         try:
@@ -277,14 +274,18 @@ def load_toml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
         raise JaxchatError(f"{path}: config file not found (presets live in configs/)") from None
     except tomllib.TOMLDecodeError as e:
         raise JaxchatError(f"{path}: not valid TOML ({e})") from None
+    return override(base or RunConfig(), _flatten(data), source=str(path))
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """{"base": {"num_iterations": 5}, "tag": "x"} → {"base.num_iterations": 5, "tag": "x"}."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            for sub, sub_value in value.items():
-                flat[f"{key}.{sub}"] = sub_value
+            flat.update({f"{key}.{sub}": sub_value for sub, sub_value in value.items()})
         else:
             flat[key] = value
-    return override(base or RunConfig(), flat, source=str(path))
+    return flat
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -319,10 +320,4 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Inverse of :func:`to_dict` (unknown keys refused, like a preset)."""
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{sub}": v for sub, v in value.items()})
-        else:
-            flat[key] = value
-    return override(RunConfig(), flat, source="checkpoint metadata")
+    return override(RunConfig(), _flatten(data), source="checkpoint metadata")

@@ -16,7 +16,7 @@ import numpy as np
 from jaxchat import sharding
 from jaxchat.checkpoint import (StageCheckpointer, check_compatible, checkpoint_dir, complete_steps, find_checkpoint,
                                 load_params, read_meta)
-from jaxchat.common import JaxchatError
+from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.config import RunConfig
 from jaxchat.data.cache import EVAL_BUNDLE_DIR, download_command
 from jaxchat.metrics_log import MetricsLogger
@@ -77,8 +77,6 @@ class Stage:
 
     def check_eval_bundle(self, needed: bool) -> None:
         """CORE needs the eval bundle: say so before training rather than at the first eval."""
-        from jaxchat.common import jaxchat_home
-
         if needed and not (jaxchat_home() / EVAL_BUNDLE_DIR / "core.yaml").is_file():
             raise JaxchatError(f"CORE evaluation needs {jaxchat_home() / EVAL_BUNDLE_DIR}/core.yaml; run "
                                f"`{download_command('eval_bundle')}` or set base.core_every=0")
