@@ -405,7 +405,7 @@ def test_muon_momentum_warmup():
 # ----------------------------------------------------------------------------------------------------
 # Fast bf16 Newton–Schulz: float32 accumulation, one rounding, batched by shape
 
-from jaxchat.optim.muon import _matmul, orthogonalise_batched  # noqa: E402
+from jaxchat.optim.muon import _einsum, orthogonalise_batched  # noqa: E402
 
 
 def test_bf16_matmul_accumulates_in_float32_and_rounds_once():
@@ -415,10 +415,12 @@ def test_bf16_matmul_accumulates_in_float32_and_rounds_once():
     rng = np.random.default_rng(0)
     x = rng.integers(-15, 16, size=(64, 512)).astype(np.float32)
     y = rng.integers(-15, 16, size=(512, 96)).astype(np.float32)
-    ours = _matmul(jnp.asarray(x, jnp.bfloat16), jnp.asarray(y, jnp.bfloat16), jnp.bfloat16)
-    assert ours.dtype == jnp.bfloat16
-    exact = (x.astype(np.float64) @ y).astype(np.float32).astype(ml_dtypes.bfloat16)
-    np.testing.assert_array_equal(np.asarray(ours), exact)
+    xb, yb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(y, jnp.bfloat16)
+    # Both spellings Newton–Schulz uses: X·Y and the Gram form X·Xᵀ (contracting the last axes).
+    for ours, exact in ((_einsum("...ij,...jk->...ik", xb, yb, jnp.bfloat16), x.astype(np.float64) @ y),
+                        (_einsum("...ij,...kj->...ik", xb, xb, jnp.bfloat16), x.astype(np.float64) @ x.T)):
+        assert ours.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(ours), exact.astype(np.float32).astype(ml_dtypes.bfloat16))
 
 
 def test_orthogonalise_batched_equals_one_matrix_at_a_time():

@@ -35,18 +35,20 @@ class MuonState(NamedTuple):
     momentum_buffer: Any  # float32 pytree shaped like the params
 
 
-def _matmul(x: jax.Array, y: jax.Array, dtype: Any) -> jax.Array:
-    """``x @ y`` in ``dtype`` the way torch computes it: products accumulated in float32, result
-    rounded once to ``dtype``.
+def _einsum(spec: str, x: jax.Array, y: jax.Array, dtype: Any) -> jax.Array:
+    """``einsum(spec, x, y)`` in ``dtype`` the way torch computes a matmul: products accumulated in
+    float32, result rounded once to ``dtype``.
 
     For 16-bit inputs we ask XLA for a float32 result and round it ourselves: the same numbers a
     16-bit-output matmul gives, but XLA:CPU then uses the native bf16 dot-product instructions
     (AVX512-BF16: ≈ 2× the float32 matmul rate, measured), whereas a bf16-output dot is emulated at
-    ≈ ½ the float32 rate. float32 matmuls on GPU default to TF32, so float32 asks for full precision.
+    ≈ ½ the float32 rate. The Gram matrix X·Xᵀ is written as one dot_general contracting the last
+    axes: spelled ``X @ swapaxes(X)``, XLA:CPU turned the transpose into a float32 dot (≈ ½ the
+    bf16 rate, measured). float32 matmuls on GPU default to TF32, so float32 asks for full precision.
     """
     if jnp.dtype(dtype).itemsize < 4:
-        return jnp.matmul(x, y, preferred_element_type=jnp.float32).astype(dtype)
-    return jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST)
+        return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32).astype(dtype)
+    return jnp.einsum(spec, x, y, precision=jax.lax.Precision.HIGHEST)
 
 
 def newton_schulz(G: jax.Array, steps: int = 5, dtype: Any = jnp.bfloat16) -> jax.Array:
@@ -70,16 +72,17 @@ def newton_schulz(G: jax.Array, steps: int = 5, dtype: Any = jnp.bfloat16) -> ja
         # XLA:CPU runs 16-bit × 16-bit → float32 dots only when both operands are row-major; it
         # would otherwise fold the transposes above (and the caller's) into the first dot and
         # then fail at run time ("Unsupported element type for DotThunk"). The barrier makes X a
-        # materialised row-major array (one small copy), so every dot below stays canonical.
+        # materialised row-major array (one small copy) that the dots below read as it is.
         X = jax.lax.optimization_barrier(X)
-    mm = functools.partial(_matmul, dtype=dtype)
+    mm = functools.partial(_einsum, "...ij,...jk->...ik", dtype=dtype)
+    gram = functools.partial(_einsum, "...ij,...kj->...ik", dtype=dtype)
     # A Python float times a bf16 array is a bf16 multiply in JAX (weak typing), which would round
     # the coefficients themselves (3.4445 → 3.4375) and double the error vs float64. torch multiplies
     # by the scalar in float32 and rounds the product; do the same.
     compute = jnp.promote_types(dtype, jnp.float32)
     scale = lambda s, x: (s * x.astype(compute)).astype(dtype)  # noqa: E731
     for _ in range(steps):
-        A = mm(X, jnp.swapaxes(X, -1, -2))
+        A = gram(X, X)
         B = scale(b, A) + mm(scale(c, A), A)  # torch evaluates `c * A @ A` as (c·A)@A
         X = scale(a, X) + mm(B, X)
     if transposed:
