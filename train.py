@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_help())
         return 0
     from jaxchat.common import JaxchatError
+    from jaxchat.host_memory import retain_freed_host_memory
 
+    retain_freed_host_memory()  # before JAX starts its CPU client; a no-op on GPU runs
     try:
         stage, cfg = parse(argv)
         from jaxchat.recipe import run_stage

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxchat import GPT, GPTConfig, estimate_flops, num_params
+from jaxchat.host_memory import retain_freed_host_memory
 from jaxchat.model import split_params
 from jaxchat.optim import OptimConfig, make_optimizer, muon_momentum_warmup
 from jaxchat.training import init_train_state, make_train_step
@@ -60,6 +61,7 @@ def peak_flops(dtype) -> tuple[float, str]:
 
 
 def main(argv=None):
+    retain_freed_host_memory()  # as train.py does, before JAX starts
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)

@@ -1,0 +1,62 @@
+"""Host allocator settings for CPU runs: freed memory is reused instead of faulted in again."""
+
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import jax
+import pytest
+
+from jaxchat import host_memory
+from jaxchat.host_memory import retain_freed_host_memory
+
+glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+
+# A fresh process: each call of the jitted program writes a 128 MB temporary (the product, which
+# the row argmax reads) and frees it at the end; ru_minflt counts the pages the kernel had to fault in
+# (and zero) for it.
+_PROBE = textwrap.dedent("""
+    import resource, sys
+    from jaxchat.host_memory import retain_freed_host_memory
+    applied = retain_freed_host_memory() if sys.argv[1] == "retain" else False
+    import jax, jax.numpy as jnp
+    program = jax.jit(lambda a, b: jnp.argmax(a @ b, axis=1))
+    a, b = jnp.ones((4096, 64)), jnp.ones((64, 8192))
+    for _ in range(3):
+        program(a, b).block_until_ready()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(16):
+        program(a, b).block_until_ready()
+    print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 16)
+""")
+
+
+def _faults_per_call(mode: str) -> tuple[bool, int]:
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True,
+                         env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}, timeout=120)
+    applied, faults = out.stdout.split()
+    return applied == "True", int(faults)
+
+
+@glibc_only
+def test_retained_memory_is_reused_without_page_faults():
+    applied, retained = _faults_per_call("retain")
+    _, default = _faults_per_call("default")
+    assert applied
+    # 128 MB is 32,768 pages: glibc's default maps and unmaps it on every call. Retained, the heap
+    # only grows while it settles (a temporary can be freed on a pool thread just after the next call
+    # has allocated its own), then every call reuses freed blocks.
+    assert default > 30_000, default
+    assert retained < default / 4, (retained, default)
+
+
+def test_too_late_once_jax_has_started():
+    jax.devices()  # this process's backend is running: the pool threads already have their arenas
+    assert retain_freed_host_memory() is False
+
+
+def test_cpu_decision_follows_jax_platforms(monkeypatch):
+    for platforms, on_cpu in (("cpu", True), ("cuda,cpu", False), ("tpu", False)):
+        monkeypatch.setattr(host_memory, "jax", SimpleNamespace(config=SimpleNamespace(jax_platforms=platforms)))
+        assert host_memory.jax_will_run_on_cpu() is on_cpu
