@@ -224,7 +224,7 @@ def test_remat_gives_identical_loss_and_grads():
 
 # ----- the fused lm_head + softcap + cross-entropy, and block-causal attention -----
 
-from jaxchat.model.gpt import _loss_chunk_rows, blocked_causal_attention, head_loss_sum  # noqa: E402
+from jaxchat.model.gpt import _dense, _loss_chunk_rows, blocked_causal_attention, head_loss_sum  # noqa: E402
 
 
 def _plain_head_loss(h, kernel, targets):
@@ -286,6 +286,27 @@ def test_blocked_causal_attention_equals_masked_attention(seq, block, n_kv):
     grads = [jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(q, k, v) for f in (blocked, dense)]
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("fan_in,fan_out", [(8, 24), (24, 8)])
+def test_dense_gradient_equals_plain_matmul(fan_in, fan_out):
+    """Both ways the CPU weight gradient transposes (the narrower of x and g) give xᵀ·g."""
+    x = jax.random.normal(jax.random.key(1), (40, fan_in))
+    kernel = jax.random.normal(jax.random.key(2), (fan_in, fan_out))
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+    ours = jax.jit(jax.value_and_grad(loss(_dense), argnums=(0, 1)))(x, kernel)
+    plain = jax.value_and_grad(loss(jnp.dot), argnums=(0, 1))(x, kernel)
+    np.testing.assert_allclose(ours[0], plain[0], rtol=1e-6)
+    for a, b in zip(ours[1], plain[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_block_matrices_use_dense_on_cpu():
+    model = GPT(TINY, rngs=nnx.Rngs(0))
+    x = jnp.ones((4, TINY.n_embd))
+    jaxpr = str(jax.make_jaxpr(lambda x: model.h[0].mlp.c_fc(x))(x))
+    assert "custom_vjp_call" in jaxpr
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda x: model.lm_head(x))(x))
 
 
 def test_attention_implementations_agree_in_the_model():
