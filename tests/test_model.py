@@ -288,6 +288,23 @@ def test_blocked_causal_attention_equals_masked_attention(seq, block, n_kv):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_blocked_attention_is_stable_for_large_scores_and_keeps_bfloat16():
+    keys = jax.random.split(jax.random.key(3), 3)
+    q, k, v = (jax.random.normal(key, (2, 16, 4, 8)) for key in keys)
+    q = 40.0 * q  # scores in the hundreds: exp overflows without the row max
+    dense = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=1.0, implementation="xla")  # noqa: E731
+    blocked = lambda q, k, v: blocked_causal_attention(q, k, v, 1.0, 4)  # noqa: E731
+    out = blocked(q, k, v)
+    assert bool(jnp.isfinite(out).all())
+    np.testing.assert_allclose(out, dense(q, k, v), atol=1e-5)
+    q16, k16, v16 = (x.astype(jnp.bfloat16) / 40.0 for x in (q, k, v))
+    grads = jax.grad(lambda *a: jnp.sum(blocked(*a).astype(jnp.float32) ** 2), argnums=(0, 1, 2))(q16, k16, v16)
+    ref = jax.grad(lambda *a: jnp.sum(dense(*a) ** 2), argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q16, k16, v16)))
+    for g, r in zip(grads, ref):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(g.astype(jnp.float32), r, atol=0.05 * float(jnp.abs(r).max()))
+
+
 @pytest.mark.parametrize("fan_in,fan_out", [(8, 24), (24, 8)])
 def test_dense_gradient_equals_plain_matmul(fan_in, fan_out):
     """Both ways the CPU weight gradient transposes (the narrower of x and g) give xᵀ·g."""
