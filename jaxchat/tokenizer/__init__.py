@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxchat.common import jaxchat_home
-from jaxchat.tokenizer.bpe import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer
+from jaxchat.tokenizer.bpe import Tokenizer
+from jaxchat.tokenizer.constants import SPECIAL_TOKENS, SPLIT_PATTERN
 from jaxchat.tokenizer.render import render_conversation, render_for_completion, visualize
 
 

@@ -1,4 +1,4 @@
-"""The byte-level BPE tokenizer (SPEC §1): trained with rustbpe, encoded with tiktoken.
+"""The byte-level BPE tokenizer: trained with rustbpe, encoded with tiktoken.
 
 Ids ``0 … n-1`` are the merge ranks learned by rustbpe (the first 256 are the single bytes) and the
 9 special tokens come LAST, in ``SPECIAL_TOKENS`` order, so ``get_vocab_size() == n + 9``.
@@ -23,26 +23,8 @@ import rustbpe
 import tiktoken
 
 from jaxchat.common import JaxchatError
-
-SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|bos|>",  # starts every document / conversation
-    "<|user_start|>",
-    "<|user_end|>",
-    "<|assistant_start|>",
-    "<|assistant_end|>",
-    "<|python_start|>",  # assistant calls the calculator tool
-    "<|python_end|>",
-    "<|output_start|>",  # tool output, forced in at inference time (never learned)
-    "<|output_end|>",
-)
-
-# GPT-4's split pattern with numbers in groups of 1-2 (not 1-3), as nanochat.
-SPLIT_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
-
-# The smallest vocabulary that still holds every byte plus the special tokens.
-MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+from jaxchat.tokenizer import render, storage
+from jaxchat.tokenizer.constants import MIN_VOCAB_SIZE, SPECIAL_TOKENS, SPLIT_PATTERN
 
 
 def sanitize_text(text: str) -> str:
@@ -133,9 +115,7 @@ class Tokenizer:
     @classmethod
     def from_directory(cls, directory: str | os.PathLike[str]) -> Tokenizer:
         """Load a tokenizer written by :meth:`save` (validated; JaxchatError names the bad file)."""
-        from jaxchat.tokenizer.storage import read_tokenizer_dir
-
-        tokens, pattern = read_tokenizer_dir(Path(directory))
+        tokens, pattern = storage.read_tokenizer_dir(Path(directory))
         try:
             return cls(tokens, pattern)
         except JaxchatError as e:  # e.g. a pattern tiktoken cannot compile: say where it came from
@@ -143,9 +123,7 @@ class Tokenizer:
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``tokenizer.tiktoken``, ``token_bytes.npy`` and ``tokenizer.json`` atomically; return the dir."""
-        from jaxchat.tokenizer.storage import write_tokenizer_dir
-
-        return write_tokenizer_dir(Path(directory), self._tokens, self._pattern, self.token_bytes)
+        return storage.write_tokenizer_dir(Path(directory), self._tokens, self._pattern, self.token_bytes)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickle the token list, not tiktoken's tables; unpickling rebuilds them (~0.1 s at 65K).
@@ -201,7 +179,7 @@ class Tokenizer:
         """int32 array, one entry per id: the RAW byte length of the token, 0 for special tokens.
 
         Used to turn a loss in nats/token into bits per byte. Computed from the bytes themselves, not
-        from a decoded str (upstream bug #693 counted U+FFFD as 3 bytes).
+        from a decoded str (which would count a partial character's U+FFFD as 3 bytes).
         """
         if self._token_bytes is None:
             lengths = [len(t) for t in self._tokens] + [0] * len(SPECIAL_TOKENS)
@@ -268,27 +246,21 @@ class Tokenizer:
         """Ids → the exact bytes (use when streaming text that may stop mid-character)."""
         return self._enc.decode_bytes([int(i) for i in ids])
 
-    # ---- chat rendering (SPEC §2) ---------------------------------------------------------------
+    # ---- chat rendering -------------------------------------------------------------------------
 
     def render_conversation(
         self, conversation: dict[str, Any], max_tokens: int | None = 2048
     ) -> tuple[list[int], list[int]]:
         """See :func:`jaxchat.tokenizer.render.render_conversation`."""
-        from jaxchat.tokenizer.render import render_conversation
-
-        return render_conversation(self, conversation, max_tokens)
+        return render.render_conversation(self, conversation, max_tokens)
 
     def render_for_completion(self, conversation: dict[str, Any]) -> list[int]:
         """See :func:`jaxchat.tokenizer.render.render_for_completion`."""
-        from jaxchat.tokenizer.render import render_for_completion
-
-        return render_for_completion(self, conversation)
+        return render.render_for_completion(self, conversation)
 
     def visualize(self, ids: Sequence[int], mask: Sequence[int], *, color: bool = True, with_ids: bool = False) -> str:
         """See :func:`jaxchat.tokenizer.render.visualize`."""
-        from jaxchat.tokenizer.render import visualize
-
-        return visualize(self, ids, mask, color=color, with_ids=with_ids)
+        return render.visualize(self, ids, mask, color=color, with_ids=with_ids)
 
     # ---- identity -------------------------------------------------------------------------------
 
@@ -298,9 +270,8 @@ class Tokenizer:
         Later stages store it in checkpoints to detect a model paired with another tokenizer.
         """
         if self._fingerprint is None:
-            from jaxchat.tokenizer.storage import fingerprint, tiktoken_file_bytes
-
-            self._fingerprint = fingerprint(tiktoken_file_bytes(self._tokens), self._pattern, self._special)
+            tiktoken_data = storage.tiktoken_file_bytes(self._tokens)
+            self._fingerprint = storage.fingerprint(tiktoken_data, self._pattern, self._special)
         return self._fingerprint
 
     def __eq__(self, other: object) -> bool:

@@ -1,4 +1,4 @@
-"""Chat conversations → token ids + training mask (SPEC §2), and a debugging view of the result.
+"""Chat conversations → token ids + training mask, and a debugging view of the result.
 
 A conversation is ``{"messages": [{"role": ..., "content": ...}, ...]}``: an optional leading
 ``system`` message (merged into the first user message, separated by a blank line), then ``user`` and

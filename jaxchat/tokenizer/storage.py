@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from jaxchat.common import JaxchatError
+from jaxchat.tokenizer.constants import SPECIAL_TOKENS
 
 FORMAT_VERSION = 1
 TIKTOKEN_FILE = "tokenizer.tiktoken"
@@ -69,8 +70,6 @@ def fingerprint(tiktoken_data: bytes, pattern: str, special_tokens: dict[str, in
 
 def expected_special_tokens(n_merge_tokens: int) -> dict[str, int]:
     """The special-token table of a vocabulary with ``n_merge_tokens`` ordinary tokens."""
-    from jaxchat.tokenizer.bpe import SPECIAL_TOKENS
-
     return {name: n_merge_tokens + i for i, name in enumerate(SPECIAL_TOKENS)}
 
 

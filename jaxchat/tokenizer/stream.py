@@ -7,7 +7,7 @@ from typing import Any
 
 
 class StreamDecoder:
-    """Token ids → text pieces that never split a multi-byte UTF-8 character (upstream 4c3590c).
+    """Token ids → text pieces that never split a multi-byte UTF-8 character.
 
     Equivalent to decoding ``decode_bytes`` of all ids so far and emitting the new complete
     characters, but incremental: a character whose bytes span several tokens is held back until its
