@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import time
 
 import jax
@@ -29,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxchat import GPT, GPTConfig, num_params
+from jaxchat import GPT, GPTConfig, num_params, runtime
+from jaxchat.config import ModelSection
 from jaxchat.engine import Engine, sample_next_token
 from jaxchat.model import split_params
 from jaxchat.tokenizer import SPECIAL_TOKENS, Tokenizer
@@ -42,9 +44,9 @@ def synthetic_tokenizer(vocab_size: int) -> Tokenizer:
     return Tokenizer([bytes([b]) for b in range(256)] + list(itertools.islice(pairs, n_pairs)))
 
 
-def random_model(config: GPTConfig, dtype) -> GPT:
+def random_model(config: GPTConfig, plan: runtime.Runtime) -> GPT:
     """The GPT with every weight random (zero-initialised ones get a small normal init)."""
-    model = GPT(config, dtype=dtype, rngs=nnx.Rngs(0))
+    model = GPT(config, runtime=plan, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
     keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -123,32 +125,37 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="rows sampled in parallel")
     parser.add_argument("--naive-steps", type=int, default=8, help="timed steps of the recompute baseline")
     parser.add_argument("--repeats", type=int, default=2, help="timed Engine generations per batch size")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="compute dtype (auto: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
-    on_gpu = jax.devices()[0].platform == "gpu"
-    dtype = jnp.dtype(args.dtype or ("bfloat16" if on_gpu else "float32"))
+    plan = runtime.for_this_machine(ModelSection(dtype=args.dtype))
     config = GPTConfig.from_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq)
     if args.prompt + args.tokens > args.seq:
         parser.error(f"--prompt + --tokens = {args.prompt + args.tokens} exceeds --seq {args.seq}")
-    model = random_model(config, dtype)
+    model = random_model(config, plan)
     tokenizer = synthetic_tokenizer(args.vocab)
     engine = Engine(model, tokenizer)
     graphdef, params = split_params(model)
     rng = np.random.default_rng(0)
     prompt = [tokenizer.bos_token_id] + rng.integers(0, tokenizer.n_merge_tokens, args.prompt - 1).tolist()
 
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, dtype {dtype.name}")
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, dtype {plan.compute_dtype}")
     print(f"model: depth {args.depth}, {num_params(config):,} params, vocab {args.vocab}, seq {args.seq}; "
           f"prompt {args.prompt} tokens, {args.tokens} generated, temperature 1")
     print("| batch | TTFT (ms) | KV-cache decode (tok/s) | recompute (tok/s) | speed-up |")
     print("|---|---|---|---|---|")
+    results = {}
     for rows in args.batch:
         cached = bench_engine(engine, prompt, rows, args.tokens, args.repeats)
         naive = bench_recompute(graphdef, params, prompt, rows, args.prompt + args.tokens, args.naive_steps)
         print(f"| {rows} | {cached['ttft'] * 1e3:.1f} | {cached['decode_tok_s']:,.0f} | {naive:,.1f} "
               f"| {cached['decode_tok_s'] / naive:.0f}× |", flush=True)
+        results[rows] = {**cached, "recompute_tok_s": naive}
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py --depth 4 --seq 512 --batch 8 --vocab 8192
 
-MFU = FLOPs/token (SPEC §3, ``estimate_flops``) × tokens/s ÷ peak. The peak is measured in the same
+MFU = FLOPs/token (docs/DESIGN.md §3, ``estimate_flops``) × tokens/s ÷ peak. The peak is measured in the same
 run on CPU (best of several float32 square matmuls) and is the bf16 dense datasheet figure on GPU
 (H100 SXM: 989 TFLOP/s) — with the measured bf16 matmul shown beside it.
 
@@ -15,19 +15,19 @@ taking the maximum keeps MFU honest). Each round's own ratio is printed too.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxchat import GPT, GPTConfig, estimate_flops, num_params
+from jaxchat import GPT, GPTConfig, estimate_flops, num_params, runtime
+from jaxchat.config import ModelSection
 from jaxchat.host_memory import retain_freed_host_memory
 from jaxchat.model import split_params
 from jaxchat.optim import OptimConfig, make_optimizer, muon_momentum_warmup
 from jaxchat.training import init_train_state, make_train_step
-
-GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def best_time(fn, repeats: int) -> float:
@@ -48,16 +48,15 @@ def matmul_flops_per_second(dtype, n: int, repeats: int = 10) -> float:
     return 2 * n**3 / best_time(lambda: matmul(a, b).block_until_ready(), repeats)
 
 
-def peak_flops(dtype) -> tuple[float, str]:
+def peak_flops(plan: runtime.Runtime) -> tuple[float, str]:
     """(peak FLOP/s used for MFU, how it was obtained)."""
-    device = jax.devices()[0]
-    if device.platform == "gpu":
+    kind = jax.devices()[0].device_kind
+    if plan.backend == "gpu":
         measured = matmul_flops_per_second(jnp.bfloat16, 8192)
-        for name, peak in GPU_PEAK_BF16.items():
-            if name in device.device_kind:
-                return peak, f"{device.device_kind} bf16 datasheet (measured bf16 matmul {measured / 1e12:.0f} TFLOP/s)"
-        return measured, f"{device.device_kind} measured bf16 matmul"
-    return matmul_flops_per_second(dtype, 2048), f"measured {jnp.dtype(dtype).name} 2048² matmul on {device.device_kind}"
+        if plan.peak_flops:
+            return plan.peak_flops, f"{kind} bf16 datasheet (measured bf16 matmul {measured / 1e12:.0f} TFLOP/s)"
+        return measured, f"{kind} measured bf16 matmul"
+    return matmul_flops_per_second(jnp.float32, 2048), f"measured float32 2048² matmul on {kind}"
 
 
 def main(argv=None):
@@ -68,17 +67,18 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8, help="device batch (rows per micro-batch)")
     parser.add_argument("--accum", type=int, default=1, help="micro-batches per step")
     parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="compute dtype (auto: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--attention", choices=["auto", "blocked", "xla", "cudnn"], default="auto")
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round (after 2 warm-up steps)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of peak and step timing")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
-    on_gpu = jax.devices()[0].platform == "gpu"
-    dtype = jnp.dtype(args.dtype or ("bfloat16" if on_gpu else "float32"))
+    plan = runtime.for_this_machine(ModelSection(dtype=args.dtype, attention=args.attention, remat=args.remat))
     config = GPTConfig.from_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq)
-    graphdef, params = split_params(GPT(config, dtype=dtype, remat=args.remat, rngs=nnx.Rngs(0)))
+    graphdef, params = split_params(GPT(config, runtime=plan, rngs=nnx.Rngs(0)))
     tx = make_optimizer(params, config.n_embd, OptimConfig(), 1.0, muon_momentum_warmup())
     train_step = make_train_step(graphdef, tx)
     state = init_train_state(params, tx)
@@ -100,21 +100,27 @@ def main(argv=None):
     flops_per_token = estimate_flops(config)
     peak, step_s = 0.0, float("inf")
     for round_ in range(args.rounds):
-        round_peak, peak_source = peak_flops(jnp.float32 if not on_gpu else dtype)
+        round_peak, peak_source = peak_flops(plan)
         round_step = best_time(one_step, args.steps)
         print(f"round {round_ + 1}: step {round_step * 1e3:.0f} ms, peak {round_peak / 1e9:.0f} GFLOP/s, "
               f"MFU {flops_per_token * tokens_per_step / round_step / round_peak:.1%}")
         peak, step_s = max(peak, round_peak), min(step_s, round_step)
     tok_s = tokens_per_step / step_s
     mfu = flops_per_token * tok_s / peak
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, dtype {dtype.name}")
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; runtime: {plan.describe()}")
     print(f"model: depth {args.depth}, {num_params(config):,} params, {flops_per_token / 1e6:.1f} MFLOP/token")
     print(f"peak: {peak / 1e9:.0f} GFLOP/s ({peak_source}, best of {args.rounds} rounds)")
     print(f"compile+2 steps: {compile_s:.1f} s")
     print("| depth | seq | batch×accum | dtype | step (ms) | tok/s | MFU |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| {args.depth} | {args.seq} | {args.batch}×{args.accum} | {dtype.name} | {step_s * 1e3:.0f} "
+    print(f"| {args.depth} | {args.seq} | {args.batch}×{args.accum} | {plan.compute_dtype} | {step_s * 1e3:.0f} "
           f"| {tok_s:,.0f} | {mfu:.1%} |")
+    stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"step_ms": step_s * 1e3, "tok_s": tok_s, "mfu": mfu, "peak_source": peak_source,
+                       "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use"),
+                       "runtime": plan.describe()}, f)
 
 
 if __name__ == "__main__":

@@ -18,30 +18,23 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.metadata
 import sys
+import threading
 
-import jax
+from jaxchat import runtime
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _INT_MAX = 2**31 - 1
-
-
-def jax_will_run_on_cpu() -> bool:
-    """Whether JAX's default backend will be the CPU, decided without starting a backend."""
-    platforms = jax.config.jax_platforms
-    if platforms:
-        return platforms.split(",")[0].strip() == "cpu"
-    # Accelerator backends (jax[cuda12], ROCm, TPU) arrive as plugins; with none, JAX runs on the CPU.
-    return not importlib.metadata.entry_points(group="jax_plugins")
+# malloc's settings are process-wide; this records that they were made (set once, never cleared).
+_RETAINED = threading.Event()
 
 
 def _jax_backends_started() -> bool:
     try:
-        from jax._src import xla_bridge
+        from jax._src import xla_bridge  # lazy: a private module that may move; only this probe needs it
     except ImportError:  # pragma: no cover - private module moved: assume the caller is early enough
         return False
     started = getattr(xla_bridge, "backends_are_initialized", None)
@@ -55,7 +48,7 @@ def retain_freed_host_memory() -> bool:
     trimming below 2 GB (``M_TRIM_THRESHOLD``). Does nothing (returns False) off Linux/glibc, when
     JAX will run on an accelerator, or when JAX has already started a backend (too late to help).
     """
-    if not sys.platform.startswith("linux") or not jax_will_run_on_cpu() or _jax_backends_started():
+    if not sys.platform.startswith("linux") or runtime.predict_backend() != "cpu" or _jax_backends_started():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -63,5 +56,13 @@ def retain_freed_host_memory() -> bool:
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return all(mallopt(param, value) == 1 for param, value in
-               ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)))
+    applied = all(mallopt(param, value) == 1 for param, value in
+                  ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)))
+    if applied:
+        _RETAINED.set()
+    return applied
+
+
+def retained() -> bool:
+    """Whether :func:`retain_freed_host_memory` took effect in this process (for the stage plan)."""
+    return _RETAINED.is_set()

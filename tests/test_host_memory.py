@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import jax
 import pytest
 
-from jaxchat import host_memory
+from jaxchat import runtime
 from jaxchat.host_memory import retain_freed_host_memory
 
 glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
@@ -58,5 +58,5 @@ def test_too_late_once_jax_has_started():
 
 def test_cpu_decision_follows_jax_platforms(monkeypatch):
     for platforms, on_cpu in (("cpu", True), ("cuda,cpu", False), ("tpu", False)):
-        monkeypatch.setattr(host_memory, "jax", SimpleNamespace(config=SimpleNamespace(jax_platforms=platforms)))
-        assert host_memory.jax_will_run_on_cpu() is on_cpu
+        monkeypatch.setattr(runtime, "jax", SimpleNamespace(config=SimpleNamespace(jax_platforms=platforms)))
+        assert (runtime.predict_backend() == "cpu") is on_cpu

@@ -1,5 +1,6 @@
-"""The GPT against SPEC §3: sizes, names, init, an independent NumPy forward, KV-cache decoding."""
+"""The GPT against docs/DESIGN.md §3: sizes, names, init, an independent NumPy forward, KV-cache decoding."""
 
+import dataclasses
 import math
 
 import jax
@@ -8,10 +9,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxchat import GPT, GPTConfig, KVCache, estimate_flops, num_params
+from jaxchat import GPT, GPTConfig, KVCache, estimate_flops, num_params, runtime
+from jaxchat.config import ModelSection
 from jaxchat.model import cross_entropy, split_params
+from jaxchat.runtime import Runtime
 
 TINY = GPTConfig(sequence_len=16, vocab_size=96, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+CPU = runtime.resolve(ModelSection(), "cpu")  # the fast CPU program: blocked attention, dense kernel, 16 MB chunks
 
 
 def params_of(model):
@@ -78,7 +82,7 @@ def test_cross_entropy_ignores_minus_one():
     assert float(cross_entropy(logits, jnp.full((2, 3), -1))) == 0.0
 
 
-# ----- an independent float64 NumPy forward of SPEC §3, in torch layout (weights (out, in)) -----
+# ----- an independent float64 NumPy forward of docs/DESIGN.md §3, in torch layout (weights (out, in)) -----
 
 def _np_rms(x):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.finfo(np.float32).eps)
@@ -138,8 +142,9 @@ def to_torch_state_dict(params):
     return {k: np.asarray(v, np.float64) for k, v in sd.items()}
 
 
-def test_forward_matches_numpy_reference():
-    model, params = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+@pytest.mark.parametrize("plan", [Runtime(), CPU], ids=["reference", "cpu"])
+def test_forward_matches_numpy_reference(plan):
+    model, params = random_weights(GPT(TINY, runtime=plan, rngs=nnx.Rngs(0)))
     idx = np.asarray(jax.random.randint(jax.random.key(2), (2, 16), 0, TINY.vocab_size))
     ours = np.asarray(model(jnp.asarray(idx)))
     reference = numpy_gpt_logits(to_torch_state_dict(params), TINY, idx)
@@ -148,8 +153,9 @@ def test_forward_matches_numpy_reference():
     assert np.abs(reference).max() > 1.0  # the comparison is not between near-zero tensors
 
 
-def test_causal():
-    model, _ = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+@pytest.mark.parametrize("plan", [Runtime(), CPU], ids=["reference", "cpu"])
+def test_causal(plan):
+    model, _ = random_weights(GPT(TINY, runtime=plan, rngs=nnx.Rngs(0)))
     idx = jax.random.randint(jax.random.key(3), (1, 16), 0, TINY.vocab_size)
     changed = idx.at[0, 10].set((idx[0, 10] + 1) % TINY.vocab_size)
     a, b = model(idx), model(changed)
@@ -157,8 +163,9 @@ def test_causal():
     assert not np.allclose(a[:, 10:], b[:, 10:])
 
 
-def test_kv_cache_prefill_and_decode_match_full_forward():
-    model, _ = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
+@pytest.mark.parametrize("plan", [Runtime(), CPU], ids=["reference", "cpu"])
+def test_kv_cache_prefill_and_decode_match_full_forward(plan):
+    model, _ = random_weights(GPT(TINY, runtime=plan, rngs=nnx.Rngs(0)))
     idx = jax.random.randint(jax.random.key(4), (2, 12), 0, TINY.vocab_size)
     full = model(idx)
     cache = KVCache.create(TINY, batch_size=2, max_len=16)
@@ -198,7 +205,7 @@ def test_repeat_rows_copies_the_prompt_cache():
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
     model32, params = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
-    graphdef16, _ = split_params(GPT(TINY, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    graphdef16, _ = split_params(GPT(TINY, runtime=Runtime(compute_dtype="bfloat16"), rngs=nnx.Rngs(0)))
     model16 = nnx.merge(graphdef16, params)
     idx = jax.random.randint(jax.random.key(7), (2, 16), 0, TINY.vocab_size)
     logits16, logits32 = model16(idx), model32(idx)
@@ -213,7 +220,7 @@ def test_remat_gives_identical_loss_and_grads():
     idx = jax.random.randint(jax.random.key(8), (2, 16), 0, TINY.vocab_size)
 
     def loss_grad(remat):
-        graphdef, _ = split_params(GPT(TINY, remat=remat, rngs=nnx.Rngs(0)))
+        graphdef, _ = split_params(GPT(TINY, runtime=dataclasses.replace(CPU, remat=remat), rngs=nnx.Rngs(0)))
         f = lambda p: nnx.merge(graphdef, p)(idx, idx)  # noqa: E731
         return jax.jit(jax.value_and_grad(f))(params)
 
@@ -222,41 +229,14 @@ def test_remat_gives_identical_loss_and_grads():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
 
 
-# ----- the fused lm_head + softcap + cross-entropy, and block-causal attention -----
-
-from jaxchat.model.gpt import _dense, _loss_chunk_rows, blocked_causal_attention, head_loss_sum  # noqa: E402
-
-
-def _plain_head_loss(h, kernel, targets):
-    logits = 15.0 * jnp.tanh((h @ kernel) / 15.0)
-    return cross_entropy(logits, targets, "sum")
-
-
-@pytest.mark.parametrize("rows", [4, 12, 24])
-def test_head_loss_sum_matches_materialised_logits(rows):
-    h = jax.random.normal(jax.random.key(0), (24, 16))
-    kernel = jax.random.normal(jax.random.key(1), (16, 40)) * 2.0  # large logits: the softcap matters
-    targets = jax.random.randint(jax.random.key(2), (24,), 0, 40).at[3:7].set(-1)
-    fused = lambda h, k: head_loss_sum(h, k, targets, rows, jnp.dtype(jnp.float32))  # noqa: E731
-    np.testing.assert_allclose(fused(h, kernel), _plain_head_loss(h, kernel, targets), rtol=1e-6)
-    (l1, g1), (l2, g2) = (jax.value_and_grad(f, argnums=(0, 1))(h, kernel) for f in (fused, _plain_head_loss_t(targets)))
-    np.testing.assert_allclose(l1, l2, rtol=1e-6)
-    for a, b in zip(g1, g2):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert not np.any(g1[0][3:7])  # ignored rows get no gradient
-    # The cotangent scales the precomputed gradients (the 'mean' reduction relies on it).
-    g_half = jax.grad(lambda h: 0.5 * fused(h, kernel))(h)
-    np.testing.assert_allclose(g_half, 0.5 * g1[0], rtol=1e-6)
-
-
-def _plain_head_loss_t(targets):
-    return lambda h, k: _plain_head_loss(h, k, targets)
+# ----- the model under each runtime plan (the kernels' own tests are in tests/kernels/) -----
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_model_loss_and_grads_equal_the_logits_path(reduction):
+@pytest.mark.parametrize("plan", [Runtime(), CPU], ids=["reference", "cpu"])
+def test_model_loss_and_grads_equal_the_logits_path(reduction, plan):
     _, params = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
-    graphdef, _ = split_params(GPT(TINY, rngs=nnx.Rngs(0)))
+    graphdef, _ = split_params(GPT(TINY, runtime=plan, rngs=nnx.Rngs(0)))
     idx = jax.random.randint(jax.random.key(9), (2, 16), 0, TINY.vocab_size)
     targets = jnp.roll(idx, -1, axis=1).at[:, -3:].set(-1)
     fused = lambda p: nnx.merge(graphdef, p)(idx, targets, reduction=reduction)  # noqa: E731
@@ -267,69 +247,21 @@ def test_model_loss_and_grads_equal_the_logits_path(reduction):
     assert float(fused(params)) == pytest.approx(float(l2), rel=1e-6)  # the undifferentiated path too
 
 
-def test_loss_chunk_rows_divides_and_fits_budget():
-    assert _loss_chunk_rows(4096, 8192) == 512  # 16 MB of float32 logits on CPU
-    assert _loss_chunk_rows(4096, 65536) == 64
-    assert 30 % _loss_chunk_rows(30, 65536) == 0
-    assert _loss_chunk_rows(7, 8) == 7  # a small problem is one chunk
-
-
-@pytest.mark.parametrize("seq,block,n_kv", [(16, 4, 2), (12, 5, 4), (8, 8, 1)])
-def test_blocked_causal_attention_equals_masked_attention(seq, block, n_kv):
-    keys = jax.random.split(jax.random.key(seq), 3)
-    q = jax.random.normal(keys[0], (2, seq, 4, 8))
-    k, v = (jax.random.normal(key, (2, seq, n_kv, 8)) for key in keys[1:])
-    dense = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=0.35, implementation="xla")  # noqa: E731
-    blocked = lambda q, k, v: blocked_causal_attention(q, k, v, 0.35, block)  # noqa: E731
-    np.testing.assert_allclose(blocked(q, k, v), dense(q, k, v), atol=2e-6)
-    loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))  # noqa: E731
-    grads = [jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(q, k, v) for f in (blocked, dense)]
-    for a, b in zip(*grads):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-
-
-def test_blocked_attention_is_stable_for_large_scores_and_keeps_bfloat16():
-    keys = jax.random.split(jax.random.key(3), 3)
-    q, k, v = (jax.random.normal(key, (2, 16, 4, 8)) for key in keys)
-    q = 40.0 * q  # scores in the hundreds: exp overflows without the row max
-    dense = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=1.0, implementation="xla")  # noqa: E731
-    blocked = lambda q, k, v: blocked_causal_attention(q, k, v, 1.0, 4)  # noqa: E731
-    out = blocked(q, k, v)
-    assert bool(jnp.isfinite(out).all())
-    np.testing.assert_allclose(out, dense(q, k, v), atol=1e-5)
-    q16, k16, v16 = (x.astype(jnp.bfloat16) / 40.0 for x in (q, k, v))
-    grads = jax.grad(lambda *a: jnp.sum(blocked(*a).astype(jnp.float32) ** 2), argnums=(0, 1, 2))(q16, k16, v16)
-    ref = jax.grad(lambda *a: jnp.sum(dense(*a) ** 2), argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q16, k16, v16)))
-    for g, r in zip(grads, ref):
-        assert g.dtype == jnp.bfloat16
-        np.testing.assert_allclose(g.astype(jnp.float32), r, atol=0.05 * float(jnp.abs(r).max()))
-
-
-@pytest.mark.parametrize("fan_in,fan_out", [(8, 24), (24, 8)])
-def test_dense_gradient_equals_plain_matmul(fan_in, fan_out):
-    """Both ways the CPU weight gradient transposes (the narrower of x and g) give xᵀ·g."""
-    x = jax.random.normal(jax.random.key(1), (40, fan_in))
-    kernel = jax.random.normal(jax.random.key(2), (fan_in, fan_out))
-    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
-    ours = jax.jit(jax.value_and_grad(loss(_dense), argnums=(0, 1)))(x, kernel)
-    plain = jax.value_and_grad(loss(jnp.dot), argnums=(0, 1))(x, kernel)
-    np.testing.assert_allclose(ours[0], plain[0], rtol=1e-6)
-    for a, b in zip(ours[1], plain[1]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_block_matrices_use_dense_on_cpu():
-    model = GPT(TINY, rngs=nnx.Rngs(0))
+def test_the_runtime_picks_the_kernels():
+    """The CPU plan's block matrices go through the dense kernel, its attention through the blocked
+    one; the reference plan's through neither; lm_head never (it wants float32 outputs)."""
     x = jnp.ones((4, TINY.n_embd))
-    jaxpr = str(jax.make_jaxpr(lambda x: model.h[0].mlp.c_fc(x))(x))
-    assert "custom_vjp_call" in jaxpr
-    assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda x: model.lm_head(x))(x))
+    for plan, custom in ((CPU, True), (Runtime(), False)):
+        model = GPT(TINY, runtime=plan, rngs=nnx.Rngs(0))
+        assert ("custom_vjp_call" in str(jax.make_jaxpr(lambda x: model.h[0].mlp.c_fc(x))(x))) is custom
+        assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda x: model.lm_head(x))(x))
+        assert model.h[0].attn.implementation == ("blocked" if custom else "xla")
 
 
 def test_attention_implementations_agree_in_the_model():
     _, params = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
     idx = jax.random.randint(jax.random.key(10), (2, 16), 0, TINY.vocab_size)
-    outs = [nnx.merge(split_params(GPT(TINY, attention=impl, rngs=nnx.Rngs(0)))[0], params)(idx)
+    outs = [nnx.merge(split_params(GPT(TINY, runtime=Runtime(attention=impl), rngs=nnx.Rngs(0)))[0], params)(idx)
             for impl in ("blocked", "xla")]
     np.testing.assert_allclose(outs[0], outs[1], atol=2e-5)
 

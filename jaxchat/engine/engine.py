@@ -1,4 +1,4 @@
-"""Autoregressive generation with a static KV cache, sampling and calculator tool use (SPEC §10).
+"""Autoregressive generation with a static KV cache, sampling and calculator tool use (docs/DESIGN.md §10).
 
 The device side is two jitted pure functions of ``(params, cache, tokens, key, temperature)``, built
 once per architecture and shared by every Engine on it:
@@ -131,7 +131,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_len = max_len
         # The cache holds keys/values in the compute dtype (bf16 on GPU halves its memory).
-        self.cache_dtype = model.h[0].attn.c_q.dtype or jnp.float32
+        self.cache_dtype = model.runtime.dtype
         self._graphdef, self._params = split_params(model)
         special = tokenizer.encode_special
         self._bos = tokenizer.bos_token_id

@@ -1,4 +1,4 @@
-"""GPT shape configuration and the size arithmetic that depends on it (SPEC §3)."""
+"""GPT shape configuration and the size arithmetic that depends on it (docs/DESIGN.md §3)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def num_params(config: GPTConfig) -> int:
 
 
 def estimate_flops(config: GPTConfig) -> int:
-    """Training FLOPs per token: 6·(params − wte) for the matmuls, plus causal attention (SPEC §3)."""
+    """Training FLOPs per token: 6·(params − wte) for the matmuls, plus causal attention (docs/DESIGN.md §3)."""
     matmul_params = num_params(config) - config.vocab_size * config.n_embd
     attention = 12 * config.n_layer * config.n_head * config.head_dim * config.sequence_len
     return 6 * matmul_params + attention
