@@ -13,14 +13,14 @@ _LAZY = {
     "Engine": "jaxchat.engine",
     "Tokenizer": "jaxchat.tokenizer",
     "load_tokenizer": "jaxchat.tokenizer",
-    "load_model": "jaxchat.checkpoint",
+    "load_model": "jaxchat.model.load",
     "RunConfig": "jaxchat.config",
 }
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
+        import importlib  # lazy: only the lazy names need it
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'jaxchat' has no attribute {name!r}")

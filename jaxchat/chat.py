@@ -1,8 +1,13 @@
-"""Chat with a trained model in the terminal (SPEC §10).
+"""Chat with a trained model in the terminal (docs/DESIGN.md §10).
 
-    python -m jaxchat.chat -i sft                       # interactive, multi-turn
-    python -m jaxchat.chat -i sft --tag d20 -p "Why is the sky blue?"   # one answer, then exit
+    python -m jaxchat.chat                                          # the latest sft checkpoint, multi-turn
+    python -m jaxchat.chat --source=mid --tag=d20 --step=7000       # another checkpoint
+    python -m jaxchat.chat --prompt="Why is the sky blue?"          # one answer, then exit
+    python -m jaxchat.chat --sampling.temperature=0                 # greedy
 
+``--source`` is the stage whose checkpoint is loaded (a stage with checkpoints: base, mid, sft);
+``--tag=""`` and ``--step=-1`` pick the latest tag and step; ``--prompt=""`` means interactive.
+``sampling.*`` is how replies are sampled (the same section as ``python -m jaxchat.web``).
 Type ``quit`` or ``exit`` (or Ctrl-D) to leave, ``clear`` to start a new conversation. The answer is
 streamed as it is generated, never cutting a multi-byte UTF-8 character in half (upstream 4c3590c).
 Calculator calls show as ``<|python_start|>…<|python_end|><|output_start|>…<|output_end|>``.
@@ -10,19 +15,33 @@ Calculator calls show as ``<|python_start|>…<|python_end|><|output_start|>…<
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 
+from jaxchat import cli, stages
 from jaxchat.common import JaxchatError
+from jaxchat.config import SamplingSection
+from jaxchat.engine import Engine
+from jaxchat.model import load as model_load
+from jaxchat.tokenizer import Tokenizer
 from jaxchat.tokenizer.stream import StreamDecoder
 
-if TYPE_CHECKING:
-    from jaxchat.engine import Engine
-    from jaxchat.tokenizer import Tokenizer
-
+PROG = "python -m jaxchat.chat"
 QUIT_COMMANDS = ("quit", "exit")
 CLEAR_COMMAND = "clear"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatConfig:
+    """Which checkpoint ``python -m jaxchat.chat`` talks with, and how it samples."""
+
+    source: str = "sft"  # the stage whose checkpoint is loaded (a stage with checkpoints)
+    tag: str = ""  # model tag, e.g. d20; "" = the latest written
+    step: int = -1  # checkpoint step; -1 = the last
+    prompt: str = ""  # answer this one prompt and exit; "" = interactive
+    sampling: SamplingSection = SamplingSection()
 
 
 def _read_line(stdin: TextIO, stdout: TextIO, prompt: str) -> str:
@@ -108,50 +127,36 @@ def chat_loop(engine: Engine, tokenizer: Tokenizer, stdin: TextIO = sys.stdin, s
             return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI's arguments."""
-    parser = argparse.ArgumentParser(prog="python -m jaxchat.chat", description="Chat with a jaxchat model.")
-    parser.add_argument("-i", "--source", default="sft", choices=("base", "mid", "sft", "rl"),
-                        help="which stage's checkpoint to load (default sft)")
-    parser.add_argument("--tag", default=None, help="model tag, e.g. d20 (default: the latest)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the last)")
-    parser.add_argument("-p", "--prompt", default=None, help="answer this one prompt and exit")
-    parser.add_argument("-t", "--temperature", type=float, default=0.6, help="0 = greedy (default 0.6)")
-    parser.add_argument("-k", "--top-k", type=int, default=50, help="sample from the k likeliest tokens; 0 = all")
-    parser.add_argument("--max-tokens", type=int, default=512, help="longest reply in tokens (default 512)")
-    parser.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
-    return parser
+def validate(config: ChatConfig) -> ChatConfig:
+    """``config`` if every value is usable; a one-line JaxchatError naming the key otherwise.
+    (Checked before loading a model, which can take a while.)"""
+    stages.check_checkpointed(config.source, "--source")
+    if config.step < -1:
+        raise JaxchatError(f"--step={config.step}: expected a checkpoint step >= 0, or -1 for the last")
+    sampling = config.sampling
+    if not sampling.temperature >= 0:
+        raise JaxchatError(f"--sampling.temperature={sampling.temperature:g}: expected a number >= 0 (0 = greedy)")
+    if sampling.top_k < 0:
+        raise JaxchatError(f"--sampling.top_k={sampling.top_k}: expected a number >= 1, or 0 for the whole vocabulary")
+    if sampling.max_tokens < 1:
+        raise JaxchatError(f"--sampling.max_tokens={sampling.max_tokens}: expected a positive number")
+    return config
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    # Checked before loading a model, which can take a while.
-    if not args.temperature >= 0:
-        raise JaxchatError(f"--temperature is {args.temperature}, expected a number ≥ 0")
-    if args.top_k < 0:
-        raise JaxchatError(f"--top-k is {args.top_k}, expected ≥ 1 (or 0 for no limit)")
-    if args.max_tokens < 1:
-        raise JaxchatError(f"--max-tokens is {args.max_tokens}, expected ≥ 1")
+def run(config: ChatConfig, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """Load the checkpoint and chat on ``stdin`` / ``stdout`` (default the terminal); the exit status."""
+    validate(config)
+    model, tokenizer, _meta = model_load.load_model(config.source, tag=config.tag or None,
+                                                    step=None if config.step == -1 else config.step)
+    sampling = config.sampling
+    return chat_loop(Engine(model, tokenizer), tokenizer, stdin or sys.stdin, stdout or sys.stdout,
+                     prompt=config.prompt or None, temperature=sampling.temperature, top_k=sampling.top_k or None,
+                     max_tokens=sampling.max_tokens, seed=sampling.seed)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m jaxchat.chat``; returns the exit code (1 with a one-line error)."""
-    args = build_parser().parse_args(argv)
-    try:
-        _check_args(args)
-        from jaxchat.checkpoint import load_model  # lazy: importing orbax is slow and --help should be fast
-        from jaxchat.engine import Engine
-
-        model, tokenizer, _meta = load_model(args.source, tag=args.tag, step=args.step)
-        engine = Engine(model, tokenizer)
-        return chat_loop(engine, tokenizer, sys.stdin, sys.stdout, prompt=args.prompt,
-                         temperature=args.temperature, top_k=args.top_k or None,
-                         max_tokens=args.max_tokens, seed=args.seed)
-    except JaxchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m jaxchat.chat``; the exit status (2 with a one-line error)."""
+    return cli.main(run, ChatConfig(), argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
-"""Orbax checkpoints of every training stage, and loading a trained model back (SPEC §0).
+"""Orbax checkpoint storage of every training stage (docs/DESIGN.md §0): save, find, restore.
 
-Layout: ``$JAXCHAT_HOME/checkpoints/{base,mid,sft,rl}/<tag>/<step>/`` (tag e.g. ``d20``). Each step
+Layout: ``$JAXCHAT_HOME/checkpoints/<stage>/<tag>/<step>/`` (a checkpointed stage of
+``jaxchat.stages``; tag e.g. ``d20``). Each step
 directory is one ``ocp.CheckpointManager`` step with these items:
 
     params/     StandardSave of the params dict (``split_params(model)[1]``)
     opt_state/  StandardSave of the optimizer state (absent when saved with ``opt_state=None``)
     data/       JsonSave of the data iterator's ``get_state()`` (absent when there is none)
-    meta/       JsonSave: model_config, stage, step, tokenizer_fingerprint, train_config, metrics, time
+    meta/       JsonSave: model_config, stage, step, tokenizer_fingerprint, run_config, metrics, time
 
 Params and optimizer state are separate items so the next stage restores the params only and
 builds a fresh optimizer (``load_params``). The data item is plain JSON of the iterator state rather
@@ -21,8 +22,8 @@ tmp directory (or, on storage without atomic rename, a step directory without th
 an integer, that holds ``commit_success.txt`` and the ``params`` and ``meta`` items; the previous
 complete step stays usable. ``StageCheckpointer`` removes leftover tmp directories when it opens.
 
-Restores always pass abstract targets (without one, int keys come back as strings and optimizer
-trees stop matching, JAX_NOTES).
+Restores always pass abstract targets: without one, Orbax returns int keys as strings and optimizer
+trees stop matching. Building a model from a checkpoint is ``jaxchat.model.load``'s job.
 """
 
 from __future__ import annotations
@@ -39,17 +40,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxchat import stages
 from jaxchat.common import JaxchatError, jaxchat_home
 
 log = logging.getLogger(__name__)
 
-STAGES = ("base", "mid", "sft", "rl")
 COMMIT_MARKER = "commit_success.txt"  # orbax atomicity_types.COMMIT_SUCCESS_FILE
 REQUIRED_ITEMS = ("params", "meta")
 # Keys ``save`` insists on: without them ``load_model`` / ``check_compatible`` cannot work later.
 REQUIRED_META = ("model_config", "tokenizer_fingerprint")
-# GPTConfig fields that decide parameter shapes (sequence_len does not: rotary is computed on the fly).
-SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
 _BYTES_KEY = "__jaxchat_bytes_b64__"  # how a bytes iterator state is wrapped in the JSON data item
 
 
@@ -61,8 +60,7 @@ def _home(home: str | Path | None) -> Path:
 
 
 def _check_stage(stage: str) -> None:
-    if stage not in STAGES:
-        raise JaxchatError(f"unknown checkpoint stage {stage!r}; expected one of {list(STAGES)}")
+    stages.check_checkpointed(stage, "checkpoint stage")
 
 
 def _train_command(stage: str) -> str:
@@ -126,20 +124,6 @@ def _decode_data_state(state: Any) -> Any:
     if isinstance(state, dict) and set(state) == {_BYTES_KEY}:
         return base64.b64decode(state[_BYTES_KEY])
     return state
-
-
-def make_meta(stage: str, model_config: Any, tokenizer: Any, *, train_config: Any = None,
-              metrics: dict | None = None, **extra: Any) -> dict:
-    """The ``meta`` dict ``StageCheckpointer.save`` expects (``step`` and ``time`` are added by save).
-
-    ``model_config`` is a ``GPTConfig`` (or its dict), ``tokenizer`` a ``Tokenizer`` or its
-    fingerprint string, ``train_config`` any dataclass / dict of the run's settings.
-    """
-    _check_stage(stage)
-    fingerprint = tokenizer if isinstance(tokenizer, str) else tokenizer.fingerprint()
-    return {"stage": stage, "model_config": _jsonable(model_config, "model_config"),
-            "tokenizer_fingerprint": fingerprint, "train_config": _jsonable(train_config, "train_config"),
-            "metrics": _jsonable(metrics or {}, "metrics"), **_jsonable(extra, "meta")}
 
 
 # ---- abstract targets ----------------------------------------------------------------------------
@@ -223,7 +207,7 @@ class StageCheckpointer:
     def save(self, step: int, params: Any, opt_state: Any, data_state: dict | bytes | None, meta: dict, *,
              force: bool = False) -> None:
         """Save ``step``: params, optimizer state (None: not saved), data iterator state (None: not
-        saved) and ``meta`` (``make_meta``; ``step`` is set here, ``time`` (ISO) added if absent).
+        saved) and ``meta`` (``training.build.checkpoint_meta``; ``step`` is set here, ``time`` (ISO) added if absent).
 
         A step that already has a complete checkpoint is left alone (e.g. the final save landing on a
         periodic one) unless ``force``, which replaces it. An incomplete directory of that step
@@ -232,7 +216,7 @@ class StageCheckpointer:
         step = int(step)
         missing = [k for k in REQUIRED_META if k not in meta]
         if missing:
-            raise ValueError(f"checkpoint meta lacks {missing}; build it with jaxchat.checkpoint.make_meta")
+            raise ValueError(f"checkpoint meta lacks {missing}; build it with jaxchat.training.build.checkpoint_meta")
         now = datetime.datetime.now().isoformat(timespec="seconds")
         meta = _jsonable({"time": now, **meta, "step": step}, "meta")  # a caller's own "time" wins
         step_dir = self.directory / str(step)
@@ -386,70 +370,3 @@ def load_params(stage: str, tag: str | None = None, step: int | None = None, *, 
     meta = dict(restored["meta"])
     meta["checkpoint"] = str(directory / str(step))
     return restored["params"], meta
-
-
-def _config_from_meta(meta: dict) -> Any:
-    from jaxchat.model import GPTConfig
-
-    where = meta.get("checkpoint", "checkpoint")
-    config = meta.get("model_config")
-    if not isinstance(config, dict):
-        raise JaxchatError(f"{where}: meta has no model_config dict")
-    fields = {f.name for f in dataclasses.fields(GPTConfig)}
-    unknown = sorted(set(config) - fields)
-    if unknown:
-        raise JaxchatError(f"{where}: model_config has unknown fields {unknown}; expected {sorted(fields)}")
-    try:
-        return GPTConfig(**config)
-    except (TypeError, ValueError) as e:
-        raise JaxchatError(f"{where}: bad model_config {config}: {e}") from e
-
-
-def check_compatible(meta: dict, model_config: Any, tokenizer: Any) -> None:
-    """JaxchatError when a source checkpoint cannot seed a model of ``model_config`` with ``tokenizer``.
-
-    Checks the parameter-shaping fields of the configs (sequence_len may differ: no parameter depends
-    on it), the tokenizer's fingerprint and its vocab size. Call it before building anything.
-    """
-    where = meta.get("checkpoint", f"{meta.get('stage', '?')} checkpoint step {meta.get('step', '?')}")
-    saved = meta.get("model_config") or {}
-    wanted = dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else dict(model_config)
-    diffs = [f"{k}={saved.get(k)!r} (model wants {wanted.get(k)!r})" for k in SHAPE_FIELDS if saved.get(k) != wanted.get(k)]
-    if diffs:
-        raise JaxchatError(f"{where} has a different model shape: {', '.join(diffs)}")
-    fingerprint = tokenizer.fingerprint()
-    if meta.get("tokenizer_fingerprint") != fingerprint:
-        raise JaxchatError(
-            f"{where} was trained with tokenizer {str(meta.get('tokenizer_fingerprint'))[:12]} but the current "
-            f"tokenizer is {fingerprint[:12]}; retrain from that stage or restore the matching tokenizer")
-    if tokenizer.get_vocab_size() != wanted.get("vocab_size"):
-        raise JaxchatError(f"tokenizer vocab size {tokenizer.get_vocab_size()} does not match model vocab_size "
-                           f"{wanted.get('vocab_size')}")
-
-
-def load_model(stage: str, tag: str | None = None, step: int | None = None, *, dtype: Any = None,
-               home: str | Path | None = None) -> tuple[Any, Any, dict]:
-    """``(model, tokenizer, meta)`` from a checkpoint, for notebooks and the chat tools.
-
-    Builds the GPT from ``meta["model_config"]`` with compute ``dtype`` (default bfloat16 on GPU,
-    float32 elsewhere), restores its params, and loads ``$JAXCHAT_HOME/tokenizer``; refuses
-    (JaxchatError) when that tokenizer is not the one the checkpoint was trained with.
-    """
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from jaxchat.model import GPT
-    from jaxchat.tokenizer import Tokenizer
-
-    directory, step = find_checkpoint(stage, tag, step, home)  # resolve once: a later save may add one
-    meta = read_meta(stage, directory.name, step, home)
-    config = _config_from_meta(meta)
-    tokenizer = Tokenizer.from_directory(_home(home) / "tokenizer")
-    check_compatible(meta, config, tokenizer)
-    if dtype is None:
-        dtype = jnp.bfloat16 if jax.default_backend() == "gpu" else jnp.float32
-    abstract_model = nnx.eval_shape(lambda: GPT(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    graphdef, abstract_state = nnx.split(abstract_model)
-    params, meta = load_params(stage, directory.name, step, abstract_params=nnx.to_pure_dict(abstract_state),
-                               home=home)
-    return nnx.merge(graphdef, params), tokenizer, meta

@@ -14,5 +14,5 @@ class JaxchatError(Exception):
 
 
 def jaxchat_home() -> Path:
-    """The cache directory: ``$JAXCHAT_HOME``, default ``~/.cache/jaxchat`` (SPEC §0)."""
+    """The cache directory: ``$JAXCHAT_HOME``, default ``~/.cache/jaxchat`` (docs/DESIGN.md §0)."""
     return Path(os.environ.get("JAXCHAT_HOME") or Path.home() / ".cache" / "jaxchat")

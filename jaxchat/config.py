@@ -1,7 +1,7 @@
 """Typed run configuration: frozen dataclasses, TOML presets (``configs/``) and ``--key=value`` overrides.
 
 A run is described by one :class:`RunConfig` with a section per concern. Defaults are nanochat's d20
-recipe on one 80 GB GPU (SPEC §5–§7); presets in ``configs/*.toml`` change only what differs, and
+recipe on one 80 GB GPU (docs/DESIGN.md §5–§7); presets in ``configs/*.toml`` change only what differs, and
 the command line changes single fields::
 
     python train.py --stage=base --config configs/d12.toml --base.num_iterations=100 --tag=test
@@ -9,6 +9,9 @@ the command line changes single fields::
 Keys are ``section.field`` (``model.depth``, ``base.device_batch_size``, ``checkpoint.save_every``...);
 the run-level fields (``tag``, ``seed``, ``resume``, ``wandb_run``, ``source_tag``, ``source_step``)
 have no section. Unknown keys and values of the wrong type are refused with a one-line JaxchatError.
+
+The reading and overriding functions work on any frozen config dataclass (top-level fields and one
+level of sections): every entry point's config goes through them (``jaxchat.cli``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from jaxchat import stages
 from jaxchat.common import JaxchatError
 
 # ---- sections ------------------------------------------------------------------------------------
@@ -27,17 +31,18 @@ from jaxchat.common import JaxchatError
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    """The GPT's shape (SPEC §3) and how it runs."""
+    """The GPT's shape (docs/DESIGN.md §3) and how it runs."""
 
     depth: int = 20  # n_layer = depth, n_embd = 64·depth, head_dim 128
     sequence_len: int = 2048
     dtype: str = "auto"  # compute dtype: auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16
+    attention: str = "auto"  # auto (cudnn on GPU with bf16, else blocked) | blocked | xla | cudnn
     remat: bool = False  # recompute block activations in the backward pass (less memory, ~30 % slower)
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerSection:
-    """The tokenizer stage (SPEC §1)."""
+    """The tokenizer stage (docs/DESIGN.md §1)."""
 
     vocab_size: int = 65536
     max_chars: int = 2_000_000_000  # characters of the train shards to train on
@@ -46,7 +51,7 @@ class TokenizerSection:
 
 @dataclasses.dataclass(frozen=True)
 class OptimSection:
-    """Optimizer (SPEC §4); shared by the stages (SFT scales every LR by ``sft.init_lr_frac``)."""
+    """Optimizer (docs/DESIGN.md §4); shared by the stages (SFT scales every LR by ``sft.init_lr_frac``)."""
 
     embedding_lr: float = 0.2
     unembedding_lr: float = 0.004
@@ -57,7 +62,7 @@ class OptimSection:
 
 @dataclasses.dataclass(frozen=True)
 class BaseSection:
-    """Base pretraining on FineWeb-Edu (SPEC §5). Horizon: the first of num_iterations,
+    """Base pretraining on FineWeb-Edu (docs/DESIGN.md §5). Horizon: the first of num_iterations,
     target_flops, target_param_data_ratio that is set (> 0)."""
 
     device_batch_size: int = 32
@@ -76,7 +81,7 @@ class BaseSection:
 
 @dataclasses.dataclass(frozen=True)
 class MidSection:
-    """Midtraining on the task mixture (SPEC §6): one epoch, progress-based LR."""
+    """Midtraining on the task mixture (docs/DESIGN.md §6): one epoch, progress-based LR."""
 
     device_batch_size: int = 32
     total_batch_size: int = 524_288
@@ -88,7 +93,7 @@ class MidSection:
 
 @dataclasses.dataclass(frozen=True)
 class SFTSection:
-    """Supervised fine-tuning (SPEC §7): one epoch, one conversation per row."""
+    """Supervised fine-tuning (docs/DESIGN.md §7): one epoch, one conversation per row."""
 
     device_batch_size: int = 4
     examples_per_step: int = 32  # device_batch_size × accumulation
@@ -103,13 +108,27 @@ class SFTSection:
 
 @dataclasses.dataclass(frozen=True)
 class ChatEvalSection:
-    """Chat evaluation of a mid/SFT checkpoint (SPEC §9), run by ``--stage=chat_eval`` and ``all``."""
+    """Chat evaluation of a checkpoint (docs/DESIGN.md §9): ``--stage=chat_eval``, ``all`` (after mid and sft)
+    and ``python -m jaxchat.eval.chat``."""
 
-    source: str = "sft"  # which stage's checkpoint --stage=chat_eval evaluates (mid | sft)
-    tasks: str = "all"  # comma-separated: ARC-Easy,ARC-Challenge,MMLU,GSM8K,HumanEval,SpellingBee
+    source: str = "sft"  # the stage whose checkpoint is evaluated: mid | sft (the eval CLI also takes base)
+    tasks: str = "all"  # all, or comma-separated: ARC-Easy,ARC-Challenge,MMLU,GSM8K,HumanEval,SpellingBee
     max_problems: int = -1  # per task; -1 = all
-    max_new_tokens: int = 512
-    batch_size: int = 8  # categorical tasks
+    max_new_tokens: int = 512  # per completion of a generative task
+    batch_size: int = 8  # prompts per batch of a categorical task
+    num_samples: int = 1  # completions per generative problem; it passes when any does (pass@k)
+    temperature: float = 0.0  # generative tasks; 0 = greedy
+    top_k: int = 50  # generative tasks: sample from the k likeliest tokens; 0 = the whole vocabulary
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSection:
+    """How the chat tools sample a reply (``python -m jaxchat.chat``, ``python -m jaxchat.web``)."""
+
+    temperature: float = 0.6  # 0 = greedy
+    top_k: int = 50  # sample from the k likeliest tokens; 0 = the whole vocabulary
+    max_tokens: int = 512  # longest reply
+    seed: int = 42
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,9 +169,11 @@ _POSITIVE = {
     "mid.device_batch_size", "mid.total_batch_size", "mid.eval_tokens", "mid.task_scale",
     "sft.device_batch_size", "sft.examples_per_step", "sft.init_lr_frac", "sft.eval_steps",
     "sft.metrics_max_problems", "sft.task_scale", "checkpoint.keep_last", "chat_eval.max_new_tokens",
-    "chat_eval.batch_size",
+    "chat_eval.batch_size", "chat_eval.num_samples",
 }
-_CHOICES = {"model.dtype": ("auto", "float32", "bfloat16"), "chat_eval.source": ("mid", "sft")}
+_NON_NEGATIVE = {"chat_eval.temperature", "chat_eval.top_k"}
+_CHOICES = {"model.dtype": ("auto", "float32", "bfloat16"), "model.attention": ("auto", "blocked", "xla", "cudnn"),
+            "chat_eval.source": tuple(stage.name for stage in stages.STAGES if stage.chat_evaluated)}
 
 
 def validate(config: RunConfig) -> RunConfig:
@@ -160,6 +181,11 @@ def validate(config: RunConfig) -> RunConfig:
     for key in _POSITIVE:
         if get(config, key) <= 0:
             raise JaxchatError(f"{key}={get(config, key)}: expected a positive number")
+    for key in _NON_NEGATIVE:
+        if get(config, key) < 0:
+            raise JaxchatError(f"{key}={get(config, key)}: expected a number >= 0")
+    if config.chat_eval.max_problems == 0 or config.chat_eval.max_problems < -1:
+        raise JaxchatError(f"chat_eval.max_problems={config.chat_eval.max_problems}: expected -1 (all) or a positive number")
     for key, choices in _CHOICES.items():
         if get(config, key) not in choices:
             raise JaxchatError(f"{key}={get(config, key)!r}: expected one of {', '.join(choices)}")
@@ -183,7 +209,7 @@ def validate(config: RunConfig) -> RunConfig:
 # ---- reading and overriding ----------------------------------------------------------------------
 
 
-def get(config: RunConfig, key: str) -> Any:
+def get(config: Any, key: str) -> Any:
     """The value of a dotted key (``base.num_iterations``)."""
     obj = config
     for part in key.split("."):
@@ -191,9 +217,9 @@ def get(config: RunConfig, key: str) -> Any:
     return obj
 
 
-def keys(config: RunConfig | None = None) -> list[tuple[str, Any, str]]:
-    """Every settable key with its current value and its type name, in declaration order."""
-    config = config or RunConfig()
+def keys(config: Any = None) -> list[tuple[str, Any, str]]:
+    """Every settable key of a config (default ``RunConfig()``) with its value and type name, in order."""
+    config = RunConfig() if config is None else config
     out = []
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
@@ -244,8 +270,10 @@ def _coerce(key: str, value: Any, target: type) -> Any:
     return value
 
 
-def override(config: RunConfig, updates: dict[str, Any], source: str = "command line") -> RunConfig:
-    """A new config with ``updates`` ({dotted key: value}) applied; unknown keys are refused."""
+def override(config: Any, updates: dict[str, Any], source: str = "command line",
+             prog: str = "python train.py") -> Any:
+    """A new config with ``updates`` ({dotted key: value}) applied; unknown keys are refused
+    (naming ``prog --help``, which lists them)."""
     known = {key for key, _, _ in keys(config)}
     sections: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
@@ -253,7 +281,7 @@ def override(config: RunConfig, updates: dict[str, Any], source: str = "command 
         if key not in known:
             close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise JaxchatError(f"{source}: unknown config key {key!r}{hint}; `python train.py --help` lists them")
+            raise JaxchatError(f"{source}: unknown config key {key!r}{hint}; `{prog} --help` lists them")
         if "." in key:
             section, name = key.split(".", 1)
             sub = getattr(config, section)

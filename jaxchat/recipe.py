@@ -1,10 +1,8 @@
-"""The recipe: which stage runs what, and the order of ``--stage=all`` (what ``train.py`` dispatches to).
+"""The recipe's non-training stages (download, tokenizer, chat_eval, report) and ``--stage=all``.
 
-    download → tokenizer → base → mid → chat_eval(mid) → sft → chat_eval(sft) → report
-
-``all`` leaves out ``download`` (the only stage that uses the network: run it first, as
-``runs/speedrun_1gpu.sh`` does) and keeps an existing tokenizer rather than retraining it under
-checkpoints that were trained with it.
+``train.py --stage=NAME`` runs the stage registered as NAME in ``jaxchat.stages``; ``all`` runs the
+registry in order (see ``run_all``). ``all`` leaves out ``download`` (the only stage that uses the
+network: run it first, as ``runs/speedrun_1gpu.sh`` does).
 """
 
 from __future__ import annotations
@@ -12,18 +10,24 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from jaxchat import stages
+from jaxchat.checkpoint import checkpoint_dir, read_meta
 from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.config import RunConfig
+from jaxchat.data import download as downloader
+from jaxchat.eval import chat as chat_evaluator
+from jaxchat.model import GPTConfig
+from jaxchat.report import assemble
+from jaxchat.tokenizer import default_tokenizer_dir
+from jaxchat.tokenizer import train as tokenizer_trainer
+from jaxchat.training.base import horizon
 
-CHARS_PER_TOKEN = 4.8  # FineWeb-Edu with the 65K tokenizer (SPEC §1: 4.86 bytes/token)
+CHARS_PER_TOKEN = 4.8  # FineWeb-Edu with the 65K tokenizer (docs/DESIGN.md §1: 4.86 bytes/token)
 CHARS_PER_SHARD = 250e6
 
 
 def shards_needed(cfg: RunConfig) -> int:
     """FineWeb shards for the tokenizer and base horizon of ``cfg`` (+10 % margin, + 1 val shard)."""
-    from jaxchat.model import GPTConfig
-    from jaxchat.training.base import horizon
-
     model_config = GPTConfig.from_depth(cfg.model.depth, vocab_size=cfg.tokenizer.vocab_size,
                                         sequence_len=cfg.model.sequence_len)
     steps, _ = horizon(cfg, model_config)
@@ -32,67 +36,40 @@ def shards_needed(cfg: RunConfig) -> int:
 
 
 def download(cfg: RunConfig) -> None:
-    from jaxchat.data.download import main as download_main
-
+    """The FineWeb-Edu shards ``cfg`` needs, the task datasets and the eval bundle (``jaxchat.data.download``)."""
     n = shards_needed(cfg)
     print(f"download: {n} FineWeb-Edu shards for this config, the task datasets and the eval bundle")
-    if download_main(["-n", str(n)]) != 0:
+    if downloader.run(downloader.DownloadConfig(num_shards=n)).missing:
         raise JaxchatError("download incomplete (see the lines above); re-run the same command to resume")
 
 
 def tokenizer(cfg: RunConfig) -> None:
-    from jaxchat.tokenizer.train import train_tokenizer
-
-    train_tokenizer(max_chars=cfg.tokenizer.max_chars, doc_cap=cfg.tokenizer.doc_cap,
-                    vocab_size=cfg.tokenizer.vocab_size)
+    """Train the tokenizer of ``cfg.tokenizer`` (``jaxchat.tokenizer.train``)."""
+    tokenizer_trainer.run(tokenizer_trainer.TokenizerTrainConfig(tokenizer=cfg.tokenizer))
 
 
 def chat_eval(cfg: RunConfig, source: str | None = None) -> None:
-    """Evaluate the latest ``source`` (mid/sft) checkpoint of the tag on the chat tasks (SPEC §9)."""
-    from jaxchat.eval.chat import main as chat_eval_main
-
-    section = cfg.chat_eval
-    argv = ["-i", source or section.source, "-g", cfg.run_tag, "-a", section.tasks.replace(",", "|"),
-            "-m", str(section.max_new_tokens), "-b", str(section.batch_size)]
-    if section.max_problems > 0:
-        argv += ["-x", str(section.max_problems)]
-    if chat_eval_main(argv) != 0:
-        raise JaxchatError(f"chat evaluation of {source or section.source}/{cfg.run_tag} failed (see above)")
+    """Evaluate the latest checkpoint of ``source`` (default ``cfg.chat_eval.source``) of the run's tag
+    on the chat tasks, as ``cfg.chat_eval`` says (``jaxchat.eval.chat``, docs/DESIGN.md §9)."""
+    section = dataclasses.replace(cfg.chat_eval, source=source or cfg.chat_eval.source)
+    chat_evaluator.run(chat_evaluator.ChatEvalConfig(tag=cfg.run_tag, chat_eval=section))
 
 
 def report(cfg: RunConfig) -> None:
-    from jaxchat.report import assemble
-
+    """Assemble the report card (``jaxchat.report``)."""
     print(f"report: {assemble()}")
 
 
-def base(cfg: RunConfig) -> None:
-    from jaxchat.training.base import train_base
-
-    train_base(cfg)
-
-
-def mid(cfg: RunConfig) -> None:
-    from jaxchat.training.mid import train_mid
-
-    train_mid(cfg)
-
-
-def sft(cfg: RunConfig) -> None:
-    from jaxchat.training.sft import train_sft
-
-    train_sft(cfg)
-
-
 def run_stage(stage: str, cfg: RunConfig) -> None:
-    """Run ``stage`` (a name from ``STAGES``) with ``cfg``."""
-    STAGES[stage](cfg)
+    """Run ``stage`` (a name from ``jaxchat.stages``, or ``all``) with ``cfg``."""
+    if stage == "all":
+        run_all(cfg)
+    else:
+        stages.get(stage).run(cfg)
 
 
 def stage_status(stage: str, tag: str) -> str:
     """'done' (final checkpoint written), 'partial' (interrupted) or 'none' for ``stage``/``tag``."""
-    from jaxchat.checkpoint import checkpoint_dir, read_meta
-
     directory = checkpoint_dir(stage, tag)
     if not directory.is_dir():
         return "none"
@@ -103,34 +80,29 @@ def stage_status(stage: str, tag: str) -> str:
 
 
 def run_all(cfg: RunConfig) -> None:
-    """tokenizer → base → mid → chat_eval(mid) → sft → chat_eval(sft) → report.
+    """Every stage of ``jaxchat.stages`` with ``in_all``, in order, with chat_eval after each
+    ``chat_evaluated`` one: tokenizer → base → mid → chat_eval(mid) → sft → chat_eval(sft) → report.
 
-    With ``--resume``, finished stages are skipped, the interrupted one continues from its latest
-    checkpoint and the rest start fresh, so re-running the same command after a crash loses nothing.
+    An existing tokenizer is kept (retraining it under checkpoints trained with it would orphan
+    them). With ``--resume``, finished stages are skipped, the interrupted one continues from its
+    latest checkpoint and the rest start fresh, so re-running the same command after a crash loses nothing.
     """
-    from jaxchat.tokenizer import default_tokenizer_dir
-
-    if (default_tokenizer_dir() / "tokenizer.json").is_file():
-        print(f"tokenizer: using the one in {default_tokenizer_dir()} (train a new one with --stage=tokenizer)")
-    else:
-        tokenizer(cfg)
     # Later stages start from this run's checkpoints, never from an older one with another tag.
     cfg = dataclasses.replace(cfg, source_tag="", source_step=-1)
-    for stage in ("base", "mid", "sft"):
+    for stage in stages.STAGES:
+        if not stage.in_all:
+            continue
+        if stage.name == "tokenizer" and (default_tokenizer_dir() / "tokenizer.json").is_file():
+            print(f"tokenizer: using the one in {default_tokenizer_dir()} (train a new one with --stage=tokenizer)")
+            continue
         stage_cfg = cfg
-        if cfg.resume:
-            status = stage_status(stage, cfg.run_tag)
+        if stage.checkpointed and cfg.resume:
+            status = stage_status(stage.name, cfg.run_tag)
             if status == "done":
-                print(f"{stage}: already finished for tag {cfg.run_tag}, skipping")
+                print(f"{stage.name}: already finished for tag {cfg.run_tag}, skipping")
                 continue
             stage_cfg = dataclasses.replace(cfg, resume=status == "partial")
-        run_stage(stage, stage_cfg)
-        if stage in ("mid", "sft"):
-            chat_eval(cfg, stage)
-    report(cfg)
+        stage.run(stage_cfg)
+        if stage.chat_evaluated:
+            chat_eval(cfg, stage.name)
     print(f"done: everything is in {jaxchat_home()}")
-
-
-# Stage name → what runs it (train.py's --stage), in pipeline order.
-STAGES = {"download": download, "tokenizer": tokenizer, "base": base, "mid": mid, "sft": sft,
-          "chat_eval": chat_eval, "report": report, "all": run_all}

@@ -1,7 +1,7 @@
-"""The report card (SPEC §11): per-stage markdown sections, assembled into ``report/report.md``.
+"""The report card (docs/DESIGN.md §11): per-stage markdown sections, assembled into ``report/report.md``.
 
-Each stage (tokenizer, base, mid, sft, rl, and evaluation stages such as ``base-eval`` or
-``chat-eval-sft``) owns two files under ``$JAXCHAT_HOME/report/``:
+Each stage of ``jaxchat.stages`` (tokenizer, base, mid, sft, ...) and each evaluation (``base-eval``,
+``chat-eval-sft``, ...) owns two files under ``$JAXCHAT_HOME/report/``:
 
     <stage>.json   the source of truth: {"stage", "sections": [{"heading", "markdown"}], "metrics": {}}
     <stage>.md     the same sections rendered as markdown (``## heading`` + body), for reading
@@ -11,18 +11,23 @@ markdown (a body may itself contain ``## `` lines, e.g. model samples). Writes a
 + rename) and serialised with a lock file, so concurrent stages cannot lose each other's sections.
 
 ``assemble()`` writes ``report.md``: a header (date, git commit, platform, devices), every stage's
-sections in pipeline order with the training curves of its metrics logs (``<stage>_<tag>.jsonl``,
-see ``jaxchat.metrics_log``) embedded as PNGs, and the final table metric × stage. A stage's metrics
-go to the table column of the pipeline stage named in it: ``base``/``base-eval`` → BASE,
-``mid``/``chat-eval-mid`` → MID, ``sft``/``chat-eval-sft`` → SFT, ``rl``/``chat-eval-rl`` → RL.
+sections in the registry's pipeline order with the training curves of its metrics logs
+(``<stage>_<tag>.jsonl``, see ``jaxchat.metrics_log``) embedded as PNGs, and the final table
+metric × stage. The table has a column per stage with checkpoints (``stages.checkpointed()``: BASE,
+MID, SFT), and a report stage's metrics go to the column of the stage named in it: ``base`` and
+``base-eval`` → BASE, ``mid`` and ``chat-eval-mid`` → MID, ``sft`` and ``chat-eval-sft`` → SFT.
 
-CLI: ``python -m jaxchat.report`` assembles and prints the path; ``--reset`` starts a new card.
+CLI (``--help`` lists the keys)::
+
+    python -m jaxchat.report                 # assemble report/report.md and print its path
+    python -m jaxchat.report --reset         # start a new card (delete sections, logs and curves)
+    python -m jaxchat.report --home=DIR      # another $JAXCHAT_HOME ("" = $JAXCHAT_HOME)
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -35,16 +40,26 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import jax
 import numpy as np
 
+from jaxchat import cli, stages
 from jaxchat.common import JaxchatError, jaxchat_home
+from jaxchat.metrics_log import plot_curves
 
-PIPELINE = ("tokenizer", "base", "mid", "sft", "rl")
-COLUMNS = ("base", "mid", "sft", "rl")  # the table's stage columns (RL shown only when it has metrics)
+PROG = "python -m jaxchat.report"
 TABLE_METRICS = ("CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "ChatCORE")
 REPORT_FILE = "report.md"
 STARTED_FILE = "started.txt"
 _STAGE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """What ``python -m jaxchat.report`` does."""
+
+    reset: bool = False  # delete old sections, metrics logs and curves instead of assembling
+    home: str = ""  # "" = $JAXCHAT_HOME
 
 
 def report_dir(home: str | Path | None = None) -> Path:
@@ -146,29 +161,40 @@ def _stage_tokens(stage: str) -> list[str]:
     return re.split(r"[-_]", stage)
 
 
+def _names(stage: str, name: str) -> bool:
+    """Whether report stage ``stage`` (``chat-eval-sft``) names registry stage ``name`` (``sft``)."""
+    tokens, wanted = _stage_tokens(stage), _stage_tokens(name)
+    return any(tokens[i:i + len(wanted)] == wanted for i in range(len(tokens) - len(wanted) + 1))
+
+
 def stage_order(stage: str) -> tuple:
-    """Sort key: pipeline order (tokenizer, base, mid, sft, rl), the stage itself before its evals."""
-    tokens = _stage_tokens(stage)
-    for rank, name in enumerate(PIPELINE):
-        if name in tokens:
+    """Sort key: the pipeline order of ``jaxchat.stages`` (the first registry stage ``stage`` names),
+    the stage itself before its evals; stages naming none come last."""
+    pipeline = stages.names()
+    for rank, name in enumerate(pipeline):
+        if _names(stage, name):
             return (rank, stage != name, stage)
-    return (len(PIPELINE), True, stage)
+    return (len(pipeline), True, stage)
+
+
+def table_columns() -> list[str]:
+    """The final table's stage columns: the stages with checkpoints, in pipeline order."""
+    return stages.checkpointed()
 
 
 def table_column(stage: str) -> str | None:
-    """The table column a stage's metrics belong to (``base``, ``mid``, ``sft``, ``rl``) or None."""
-    tokens = _stage_tokens(stage)
-    return next((c for c in COLUMNS if c in tokens), None)
+    """The table column a report stage's metrics belong to (a stage with checkpoints) or None."""
+    return next((c for c in table_columns() if _names(stage, c)), None)
 
 
 def read_stages(home: str | Path | None = None) -> dict[str, dict]:
     """Every stage's sections and metrics, in pipeline order."""
     directory = report_dir(home)
-    stages = {}
+    found = {}
     for path in directory.glob("*.json") if directory.is_dir() else []:
         if _STAGE.match(path.stem):
-            stages[path.stem] = _read_stage(path)
-    return {name: stages[name] for name in sorted(stages, key=stage_order)}
+            found[path.stem] = _read_stage(path)
+    return {name: found[name] for name in sorted(found, key=stage_order)}
 
 
 def _format(value: Any) -> str:
@@ -179,17 +205,17 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def metrics_table(stages: dict[str, dict]) -> str:
-    """The final markdown table: metric × stage (BASE, MID, SFT, and RL when present), '-' where absent.
+def metrics_table(report_stages: dict[str, dict]) -> str:
+    """The final markdown table: metric × stage with checkpoints (BASE, MID, SFT), '-' where absent.
 
-    The SPEC §11 metrics come first, then any other metric a stage recorded.
+    The docs/DESIGN.md §11 metrics come first, then any other metric a stage recorded.
     """
-    columns: dict[str, dict] = {c: {} for c in COLUMNS}
-    for name, data in stages.items():
+    shown = table_columns()
+    columns: dict[str, dict] = {c: {} for c in shown}
+    for name, data in report_stages.items():
         column = table_column(name)
         if column is not None:
             columns[column].update(data.get("metrics", {}))
-    shown = [c for c in COLUMNS if c != "rl" or columns["rl"]]
     extra = [m for c in shown for m in columns[c] if m not in TABLE_METRICS]
     rows = list(TABLE_METRICS) + list(dict.fromkeys(extra))
     lines = ["| Metric | " + " | ".join(c.upper() for c in shown) + " |",
@@ -214,11 +240,9 @@ def _git_commit() -> str:
 
 def _devices() -> str:
     try:
-        import jax
-
         devices = jax.devices()
         kinds = sorted({d.device_kind for d in devices})
-        return f"{jax.default_backend()}: {len(devices)} × {', '.join(kinds)} (jax {jax.__version__})"
+        return f"{devices[0].platform}: {len(devices)} × {', '.join(kinds)} (jax {jax.__version__})"
     except Exception as e:  # a broken accelerator setup must not stop the report
         return f"unavailable ({type(e).__name__}: {e})"
 
@@ -237,8 +261,6 @@ def _header(directory: Path) -> str:
 
 def _curves(directory: Path) -> tuple[dict[str, list[str]], list[str]]:
     """PNG per metrics log ``<stage>_<tag>.jsonl``: ({stage: [markdown image lines]}, notes)."""
-    from jaxchat.metrics_log import plot_curves
-
     images: dict[str, list[str]] = {}
     notes = []
     for log in sorted(directory.glob("*.jsonl")):
@@ -257,17 +279,17 @@ def assemble(home: str | Path | None = None) -> Path:
     directory = report_dir(home)
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory):
-        stages = read_stages(home)
+        report_stages = read_stages(home)
         images, notes = _curves(directory)
         parts = [_header(directory)]
-        for name, data in stages.items():
+        for name, data in report_stages.items():
             parts += [f"## {s['heading']}\n\n{s['markdown']}" for s in data["sections"]]
             if images.get(name):
                 parts.append("\n".join(images.pop(name)))
         for stage in sorted(images, key=stage_order):  # logs of stages without a section
             parts.append(f"## Training curves: {stage}\n\n" + "\n".join(images[stage]))
         parts += notes
-        parts.append("## Summary\n\n" + metrics_table(stages))
+        parts.append("## Summary\n\n" + metrics_table(report_stages))
         out = directory / REPORT_FILE
         _atomic_write(out, "\n\n".join(parts).rstrip() + "\n")
     return out
@@ -288,22 +310,23 @@ def reset(home: str | Path | None = None) -> list[Path]:
     return removed
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: assemble the report card and print its path (``--reset``: clear it for a new run)."""
-    parser = argparse.ArgumentParser(prog="python -m jaxchat.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--reset", action="store_true", help="delete old sections, metrics logs and curves")
-    parser.add_argument("--home", type=Path, default=None, help="default $JAXCHAT_HOME")
-    args = parser.parse_args(argv)
-    try:
-        if args.reset:
-            removed = reset(args.home)
-            print(f"report reset: removed {len(removed)} file(s) from {report_dir(args.home)}")
-        else:
-            print(assemble(args.home))
-    except JaxchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def run(config: ReportConfig) -> Path:
+    """Assemble the report card and print its path, or with ``reset`` clear it for a new run (the
+    report directory's path is returned then)."""
+    home = config.home or None
+    if config.reset:
+        removed = reset(home)
+        print(f"report reset: removed {len(removed)} file(s) from {report_dir(home)}")
+        return report_dir(home)
+    path = assemble(home)
+    print(path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; the exit status (2 with a one-line ``error: ...``)."""
+    return cli.main(run, ReportConfig(), argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

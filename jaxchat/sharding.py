@@ -17,7 +17,8 @@ DATA_AXIS = "data"
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh over ``devices`` (default: all). ``Mesh`` (not ``jax.make_mesh``) keeps Auto axes,
-    so the embedding gather needs no explicit out_sharding (JAX_NOTES)."""
+    so the embedding gather needs no explicit out_sharding (with ``jax.make_mesh``'s default
+    Explicit axes it fails with a ShardingTypeError)."""
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), (DATA_AXIS,))
 
 

@@ -21,4 +21,4 @@ python -m pip install -e '.[cuda12]'
 python train.py --stage=download --config "$CONFIG" "$@"
 python train.py --stage=all --config "$CONFIG" --resume "$@"
 python -m jaxchat.report
-echo "chat with it: python -m jaxchat.chat -i sft   |   web: python -m jaxchat.web -i sft"
+echo "chat with it: python -m jaxchat.chat --source=sft   |   web: python -m jaxchat.web --source=sft"

@@ -6,7 +6,6 @@ import io
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -149,39 +148,50 @@ def test_conversation_longer_than_context_is_reported_not_fatal(tok, emoji_reply
     assert "Assistant: héllo" in text  # the next, short message still gets an answer
 
 
-def fake_checkpoint_module(load_model) -> types.ModuleType:
-    module = types.ModuleType("jaxchat.checkpoint")
-    module.load_model = load_model
-    return module
+@pytest.fixture
+def fake_load(monkeypatch):
+    """Replace ``load_model`` where the CLI imports it from (``jaxchat.model.load``) with ``fn``."""
+    import jaxchat.model.load
+
+    def install(fn):
+        monkeypatch.setattr(jaxchat.model.load, "load_model", fn)
+
+    return install
 
 
-def test_main_reports_load_errors_in_one_line(monkeypatch, capsys):
+def test_main_reports_load_errors_in_one_line(fake_load, capsys):
     def load_model(stage, tag=None, step=None):
         raise JaxchatError(f"no {stage} checkpoint under /nowhere/checkpoints/{stage}; expected one (run the sft stage)")
 
-    monkeypatch.setitem(sys.modules, "jaxchat.checkpoint", fake_checkpoint_module(load_model))
-    assert chat.main(["-i", "sft", "-p", "hi"]) == 1
+    fake_load(load_model)
+    assert chat.main(["--source=sft", "--prompt=hi"]) == 2
     captured = capsys.readouterr()
     assert captured.err == "error: no sft checkpoint under /nowhere/checkpoints/sft; expected one (run the sft stage)\n"
     assert captured.out == ""
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["-t", "-1"], "--temperature is -1.0"),
-    (["-k", "-5"], "--top-k is -5"),
-    (["--max-tokens", "0"], "--max-tokens is 0"),
+    (["--sampling.temperature=-1"], "--sampling.temperature=-1: expected a number >= 0"),
+    (["--sampling.top_k", "-5"], "--sampling.top_k=-5: expected a number >= 1, or 0 for the whole vocabulary"),
+    (["--sampling.max-tokens=0"], "--sampling.max_tokens=0: expected a positive number"),
+    (["--sampling.temperature=hot"], "sampling.temperature='hot': expected float"),
+    (["--source=rl"], ("--source", "'rl'", "base, mid, sft")),  # worded by jaxchat.stages
+    (["--step=-2"], "--step=-2: expected a checkpoint step >= 0, or -1 for the last"),
+    (["--temperature=0"], "unknown config key 'temperature' (did you mean sampling.temperature?)"),
+    (["-t", "0"], "unexpected argument '-t'; expected --key=value"),
 ])
-def test_main_rejects_bad_arguments_before_loading(monkeypatch, capsys, argv, match):
+def test_main_rejects_bad_arguments_before_loading(fake_load, capsys, argv, match):
     def load_model(*args, **kwargs):
         raise AssertionError("arguments must be checked before loading the model")
 
-    monkeypatch.setitem(sys.modules, "jaxchat.checkpoint", fake_checkpoint_module(load_model))
-    assert chat.main(argv + ["-p", "hi"]) == 1
+    fake_load(load_model)
+    assert chat.main(argv + ["--prompt=hi"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and match in err and err.count("\n") == 1
+    parts = (match,) if isinstance(match, str) else match
+    assert err.startswith("error: ") and all(part in err for part in parts) and err.count("\n") == 1
 
 
-def test_main_runs_the_loop_with_the_loaded_model(monkeypatch, capsys, tok, engine):
+def test_main_runs_the_loop_with_the_loaded_model(fake_load, capsys, tok, engine):
     model = scripted_model(tok.get_vocab_size(), chain(tok.encode_special("<|assistant_start|>"),
                                                        *tok.encode(TEXT), tok.encode_special("<|assistant_end|>")),
                            default=tok.encode_special("<|assistant_end|>"), sequence_len=128)
@@ -191,19 +201,34 @@ def test_main_runs_the_loop_with_the_loaded_model(monkeypatch, capsys, tok, engi
         calls.append((stage, tag, step))
         return model, tok, {}
 
-    monkeypatch.setitem(sys.modules, "jaxchat.checkpoint", fake_checkpoint_module(load_model))
-    assert chat.main(["-i", "mid", "--tag", "d4", "--step", "7", "-p", "hi", "-t", "0", "-k", "0"]) == 0
+    fake_load(load_model)
+    assert chat.main(["--source=mid", "--tag=d4", "--step=7", "--prompt", "hi", "--sampling.temperature=0",
+                      "--sampling.top_k=0"]) == 0
     assert calls == [("mid", "d4", 7)]
     assert capsys.readouterr().out == TEXT + "\n"
+    # The defaults: the latest sft checkpoint (tag "" and step -1 mean the latest).
+    assert chat.run(chat.ChatConfig(prompt="hi"), stdout=io.StringIO()) == 0
+    assert calls[-1] == ("sft", None, None)
+
+
+def test_help_lists_every_key_with_its_default(capsys):
+    from jaxchat.config import keys
+
+    assert chat.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert '--prompt="Why is the sky blue?"' in out  # the usage examples
+    for key, value, _ in keys(chat.ChatConfig()):
+        assert f"--{key} = {value!r}" in out
+    assert "--source = 'sft'" in out and "--sampling.temperature = 0.6  [float]" in out
 
 
 def test_cli_missing_checkpoint_is_one_line_without_traceback(tmp_path):
     """The real entry point and the real load_model, on an empty $JAXCHAT_HOME."""
     pytest.importorskip("jaxchat.checkpoint")
     env = {**os.environ, "JAXCHAT_HOME": str(tmp_path), "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", "jaxchat.chat", "-i", "sft", "-p", "hi"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "jaxchat.chat", "--source=sft", "--prompt=hi"], env=env,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert proc.stdout == ""

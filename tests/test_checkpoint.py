@@ -1,5 +1,6 @@
 """Orbax checkpoints: optimizer-state round trips, async save + donation, crash safety, load_model."""
 
+import dataclasses
 import datetime
 import json
 import os
@@ -16,8 +17,10 @@ import pytest
 from flax import nnx
 
 from jaxchat import checkpoint as ck
+from jaxchat import runtime
 from jaxchat.common import JaxchatError
 from jaxchat.model import GPT, GPTConfig, split_params
+from jaxchat.model.load import check_compatible, load_model
 from jaxchat.optim import OptimConfig, make_optimizer, muon_momentum_warmup
 from jaxchat.training import init_train_state, make_train_step
 
@@ -205,16 +208,18 @@ def saved_lm(tmp_path, monkeypatch, fineweb_tokenizer):
     model = GPT(LM, rngs=nnx.Rngs(3))
     _, params = split_params(model)
     params = jax.tree.map(lambda a: a + 0.01 * jax.random.normal(jax.random.key(1), a.shape), params)
-    meta = ck.make_meta("sft", LM, fineweb_tokenizer, train_config={"lr": 0.02, "dtype": jnp.bfloat16})
+    meta = {"stage": "sft", "model_config": dataclasses.asdict(LM), "tokenizer_fingerprint": fineweb_tokenizer.fingerprint(),
+            "train_config": {"lr": 0.02, "dtype": jnp.bfloat16}}
     with ck.StageCheckpointer(ck.checkpoint_dir("sft", "d1")) as saver:
         saver.save(7, params, None, None, meta)
     return params
 
 
 def test_load_model_round_trip(saved_lm, fineweb_tokenizer):
-    model, tokenizer, meta = ck.load_model("sft")
+    model, tokenizer, meta = load_model("sft")
     assert tokenizer == fineweb_tokenizer and meta["step"] == 7 and meta["train_config"]["dtype"] == "bfloat16"
-    reference = nnx.merge(split_params(GPT(LM, rngs=nnx.Rngs(0)))[0], saved_lm)
+    assert model.runtime == runtime.for_this_machine()  # the plan for this machine unless given one
+    reference = nnx.merge(split_params(GPT(LM, runtime=model.runtime, rngs=nnx.Rngs(0)))[0], saved_lm)
     idx = jnp.asarray([fineweb_tokenizer.encode("The river explains the theory.", prepend="<|bos|>")])
     forward = jax.jit(lambda m, x: m(x))  # NNX modules are pytrees; one compile serves both models
     np.testing.assert_array_equal(np.asarray(forward(model, idx)), np.asarray(forward(reference, idx)))
@@ -225,20 +230,20 @@ def test_load_model_refuses_other_tokenizer_and_shapes(saved_lm, tmp_path):
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({**meta, "tokenizer_fingerprint": "0" * 64}))
     with pytest.raises(JaxchatError, match="trained with tokenizer 000000000000 but the current tokenizer"):
-        ck.load_model("sft")
+        load_model("sft")
     meta_file.write_text(json.dumps({**meta, "model_config": {**meta["model_config"], "n_embd": 64, "n_head": 4}}))
     with pytest.raises(JaxchatError, match=r"does not fit the model's parameters: h/0/attn/c_k/kernel: checkpoint \(32, 32\) vs model \(64, 32\)"):
-        ck.load_model("sft")
+        load_model("sft")
 
 
 def test_check_compatible(saved_lm, fineweb_tokenizer):
     meta = ck.read_meta("sft")
-    ck.check_compatible(meta, LM, fineweb_tokenizer)
-    ck.check_compatible(meta, GPTConfig(**{**ck.dataclasses.asdict(LM), "sequence_len": 64}), fineweb_tokenizer)
+    check_compatible(meta, LM, fineweb_tokenizer)
+    check_compatible(meta, GPTConfig(**{**dataclasses.asdict(LM), "sequence_len": 64}), fineweb_tokenizer)
     with pytest.raises(JaxchatError, match=r"different model shape: n_layer=1 \(model wants 2\)"):
-        ck.check_compatible(meta, GPTConfig(**{**ck.dataclasses.asdict(LM), "n_layer": 2}), fineweb_tokenizer)
+        check_compatible(meta, GPTConfig(**{**dataclasses.asdict(LM), "n_layer": 2}), fineweb_tokenizer)
     with pytest.raises(JaxchatError, match="but the current tokenizer"):
-        ck.check_compatible({**meta, "tokenizer_fingerprint": "ab" * 32}, LM, fineweb_tokenizer)
+        check_compatible({**meta, "tokenizer_fingerprint": "ab" * 32}, LM, fineweb_tokenizer)
 
 
 def test_several_cpu_devices(tmp_path):

@@ -176,14 +176,14 @@ def test_permanent_http_error_is_not_retried(tmp_path, server):
 def test_no_network_cli_reports_each_item(tmp_path, monkeypatch, capsys, dead_url):
     monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
     monkeypatch.setattr(download, "FINEWEB_URL", dead_url + "/shard_{i:05d}.parquet")
-    assert main(["--only", "fineweb", "-n", "3", "--workers", "1", "--retries", "0"]) == 1
+    assert main(["--only=fineweb", "--num_shards=3", "--workers=1", "--retries=0"]) == 1
     err = capsys.readouterr().err
     for i in range(3):
         assert f"MISSING base_data/shard_{i:05d}.parquet" in err
         assert f"{dead_url}/shard_{i:05d}.parquet" in err and f"put it at {tmp_path / 'base_data' / f'shard_{i:05d}.parquet'}" in err
     assert "not tried: the network looks unreachable" in err  # after the first shard, the others fail fast
     assert not list((tmp_path / "base_data").glob("shard_*"))
-    with pytest.raises(JaxchatError, match=r"--only fineweb -n 8"):
+    with pytest.raises(JaxchatError, match=r"--only=fineweb --num_shards=8"):
         ensure_available("fineweb", tmp_path)
 
 
@@ -199,7 +199,7 @@ def test_no_network_tasks_and_eval(tmp_path, monkeypatch, capsys, dead_url):
     monkeypatch.setattr(download, "IDENTITY_URL", dead_url + "/identity_conversations.jsonl")
     monkeypatch.setattr(download, "WORDS_URL", dead_url + "/words_alpha.txt")
     monkeypatch.setattr(download, "EVAL_BUNDLE_URL", dead_url + "/eval_bundle.zip")
-    assert main(["--only", "tasks", "--retries", "0"]) == 1
+    assert main(["--only=tasks", "--retries=0"]) == 1
     err = capsys.readouterr().err
     assert len(calls) == 1  # the first failure shows the hub is unreachable; the rest are not tried
     for src in HF_SOURCES:
@@ -209,7 +209,7 @@ def test_no_network_tasks_and_eval(tmp_path, monkeypatch, capsys, dead_url):
     assert "https://huggingface.co/datasets/cais/mmlu" in err and "datasets.load_dataset('cais/mmlu', 'all', split='test').to_parquet('test.parquet')" in err
     assert f"MISSING identity_conversations.jsonl: could not download {dead_url}/identity_conversations.jsonl" in err
     assert "MISSING words_alpha.txt" in err
-    assert main(["--only", "eval", "--retries", "0"]) == 1
+    assert main(["--only", "eval", "--retries", "0"]) == 1  # `--key value` works too
     err = capsys.readouterr().err
     assert f"{dead_url}/eval_bundle.zip" in err and str(tmp_path / "eval_bundle.zip") in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing that could pass for a complete file
@@ -293,7 +293,7 @@ def test_identity_words_and_eval_bundle(tmp_path, monkeypatch, server, task_cach
     monkeypatch.setattr(download, "EVAL_BUNDLE_URL", server.url + "/eval_bundle.zip")
     monkeypatch.setattr(download, "download_hf_tasks", lambda home: download.DownloadReport())
     assert download_eval_bundle(home, url=server.url + "/eval_bundle.zip", backoff=0, progress=False).fetched == ["eval_bundle"]
-    assert main(["--only", "tasks"]) == 0 and main(["--only", "eval"]) == 0
+    assert main(["--only=tasks"]) == 0 and main(["--only=eval"]) == 0
     assert (home / "identity_conversations.jsonl").read_bytes() == server.files["/identity_conversations.jsonl"]
     assert ensure_available("words", home).read_bytes() == server.files["/words_alpha.txt"]
     root = ensure_available("eval_bundle", home)
@@ -301,7 +301,7 @@ def test_identity_words_and_eval_bundle(tmp_path, monkeypatch, server, task_cach
     assert (root / "eval_data/language_understanding/hellaswag.jsonl").is_file()
     assert not (home / "eval_bundle.zip").exists() and not [p for p in home.iterdir() if p.name.startswith(".eval_bundle")]
     n_requests = len(server.log)
-    assert main(["--only", "eval"]) == 0 and main(["--only", "tasks"]) == 0 and len(server.log) == n_requests  # all skipped
+    assert main(["--only=eval"]) == 0 and main(["--only=tasks"]) == 0 and len(server.log) == n_requests  # all skipped
 
 
 def test_bad_zip_is_deleted(tmp_path, server):
@@ -327,7 +327,7 @@ def test_from_text_makes_valid_shards(tmp_path, monkeypatch, capsys):
     expected = ["First document.\nWith two lines.", "# Title\n\nSome *markdown* — ünïcödé."]
     expected += [f"json doc {i} " + "x" * (i % 50) for i in range(2500)] + ["nested document"]
 
-    assert main(["--from-text", str(src)]) == 0  # fits in one shard: split into train + validation
+    assert main([f"--from_text={src}"]) == 0  # fits in one shard: split into train + validation
     shards = list_shards()
     assert [p.name for p in shards] == ["shard_00000.parquet", "shard_00001.parquet"]
     assert list(iter_texts(shards)) == expected
@@ -338,11 +338,11 @@ def test_from_text_makes_valid_shards(tmp_path, monkeypatch, capsys):
     assert "the validation shard" in capsys.readouterr().out
 
     # Again into the same place: refused, nothing overwritten.
-    assert main(["--from-text", str(src)]) == 1
+    assert main([f"--from_text={src}"]) == 2
     assert "already holds 2 shard_*.parquet" in capsys.readouterr().err
 
     out = tmp_path / "many"
-    assert main(["--from-text", str(src), "--chars-per-shard", "20000", "--out", str(out)]) == 0
+    assert main([f"--from_text={src}", "--chars_per_shard=20000", f"--out={out}"]) == 0
     many = sorted(out.glob("shard_*.parquet"))
     assert len(many) > 2 and list(iter_texts(many)) == expected
     assert all(pq.ParquetFile(p).metadata.num_rows > 0 for p in many)
@@ -355,10 +355,67 @@ def test_from_text_bad_input_writes_nothing(tmp_path, monkeypatch, capsys):
     src.mkdir()
     (src / "a.txt").write_text("fine " * 100, encoding="utf-8")
     (src / "b.jsonl").write_text('{"text": "ok"}\n{"body": "no text field"}\n', encoding="utf-8")
-    assert main(["--from-text", str(src), "--chars-per-shard", "10"]) == 1
+    assert main(["--from-text", str(src), "--chars-per-shard", "10"]) == 2  # dashes work too
     err = capsys.readouterr().err
     assert f"{src / 'b.jsonl'}:2" in err and "'text'" in err
     assert not list((tmp_path / "home" / "base_data").glob("shard_*"))
     (src / "b.jsonl").unlink()
-    assert main(["--from-text", str(src)]) == 1 and "at least 2 are needed" in capsys.readouterr().err
-    assert main(["--from-text", str(tmp_path / "nope")]) == 1 and "no such file" in capsys.readouterr().err
+    assert main([f"--from_text={src}"]) == 2 and "at least 2 are needed" in capsys.readouterr().err
+    assert main([f"--from_text={tmp_path / 'nope'}"]) == 2
+    assert f"--from_text={tmp_path / 'nope'}: no such file" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_help_lists_every_key_with_its_default(capsys):
+    from jaxchat.config import keys
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--num_shards=240" in out and "--from_text=DIR" in out  # the usage examples
+    for key, value, _ in keys(download.DownloadConfig()):
+        assert f"--{key} = {value!r}" in out
+    assert "--num_shards = 8  [int]" in out and "--only = ''  [str]" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num_shards=0"], "--num_shards=0: expected 1 … 1823 shards, or -1 for all of them"),
+    (["--num_shards=5000"], "--num_shards=5000: expected 1 … 1823 shards"),
+    (["--only=web"], "--only='web': expected one of fineweb, tasks, eval"),
+    (["--workers=0"], "--workers=0: expected at least 1"),
+    (["--retries=-1"], "--retries=-1: expected a number >= 0"),
+    (["--chars_per_shard=0", "--from_text=x"], "--chars_per_shard=0: expected a positive number"),
+    (["--out=somewhere"], "--out='somewhere': only used with --from_text=DIR"),
+    (["--num_shards=many"], "num_shards='many': expected int"),
+    (["--shards=3"], "unknown config key 'shards'"),
+    (["-n", "3"], "unexpected argument '-n'; expected --key=value"),
+])
+def test_bad_settings_are_one_line_before_any_download(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    monkeypatch.setattr(download, "download_fineweb", lambda *a, **k: pytest.fail("must not start"))
+    monkeypatch.setattr(download, "download_hf_tasks", lambda *a, **k: pytest.fail("must not start"))
+    monkeypatch.setattr(download, "shards_from_text", lambda *a, **k: pytest.fail("must not start"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_recipe_download_asks_for_the_shards_the_config_needs(monkeypatch, capsys):
+    """``train.py --stage=download``: the downloader's function with the number of shards, typed."""
+    from jaxchat import recipe
+    from jaxchat.config import RunConfig
+
+    calls = []
+
+    def fake_run(config):
+        calls.append(config)
+        return download.DownloadReport(missing=["MISSING x"] if len(calls) > 1 else [])
+
+    monkeypatch.setattr(download, "run", fake_run)
+    cfg = RunConfig()
+    recipe.download(cfg)
+    assert calls == [download.DownloadConfig(num_shards=recipe.shards_needed(cfg))]
+    with pytest.raises(JaxchatError, match="download incomplete"):
+        recipe.download(cfg)

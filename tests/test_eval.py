@@ -604,7 +604,8 @@ def test_chatcore():
 
 def test_parse_task_names():
     assert chat.parse_task_names("all") == list(chat.ALL_TASKS)
-    assert chat.parse_task_names("GSM8K|ARC-Easy|GSM8K") == ["GSM8K", "ARC-Easy"]
+    assert chat.parse_task_names("GSM8K,ARC-Easy,GSM8K") == ["GSM8K", "ARC-Easy"]
+    assert chat.parse_task_names("GSM8K|ARC-Easy") == ["GSM8K", "ARC-Easy"]  # the old separator still works
     with pytest.raises(JaxchatError, match="unknown task 'arc'"):
         chat.parse_task_names("arc")
 
@@ -622,15 +623,19 @@ def test_evaluate_chat_all_tasks(task_cache, fineweb_tokenizer, model):
 
 @pytest.fixture
 def fake_checkpoint(monkeypatch, fineweb_tokenizer, model):
-    import jaxchat.checkpoint
+    """``load_model`` (where the CLIs import it from) returns the tiny model; there is no mid checkpoint."""
+    import jaxchat.model.load
+
+    calls = []
 
     def load_model(stage, tag=None, step=None, **kwargs):
-        if stage == "rl":
-            raise JaxchatError("no rl checkpoint in /x/checkpoints/rl; train one with `...`")
+        calls.append((stage, tag, step))
+        if stage == "mid":
+            raise JaxchatError("no mid checkpoint in /x/checkpoints/mid; train one with `...`")
         return model, fineweb_tokenizer, {"step": 7, "checkpoint": f"/x/checkpoints/{stage}/d1/7"}
 
-    monkeypatch.setattr(jaxchat.checkpoint, "load_model", load_model)
-    return model
+    monkeypatch.setattr(jaxchat.model.load, "load_model", load_model)
+    return calls
 
 
 @pytest.fixture
@@ -643,32 +648,116 @@ def report_home(tmp_path, monkeypatch) -> Path:
 
 
 def test_chat_cli(task_cache, fake_checkpoint, report_home, capsys):
-    assert chat.main(["-i", "sft", "-a", "ARC-Easy|MMLU", "--max-problems", "3"]) == 0
+    assert chat.main(["--chat_eval.source=sft", "--chat_eval.tasks=ARC-Easy,MMLU", "--chat_eval.max_problems", "3",
+                      "--tag=d1", "--step=7"]) == 0
+    assert fake_checkpoint == [("sft", "d1", 7)]
     out = capsys.readouterr().out
     assert "ARC-Easy" in out and "MMLU" in out and "ChatCORE" not in out
     saved = json.loads((report_home / "chat-eval-sft.json").read_text())
     assert set(saved["metrics"]) == {"ARC-Easy", "MMLU"}
     body = saved["sections"][0]["markdown"]
     assert "| MMLU |" in body and "tag: d1" in body and "step: 7" in body
-    assert chat.main(["-i", "rl", "-a", "MMLU"]) == 1
+    assert chat.main(["--chat_eval.source=mid", "--chat_eval.tasks=MMLU"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no rl checkpoint") and err.count("\n") == 1
-    assert chat.main(["-i", "sft", "-a", "Trivia"]) == 1
+    assert err.startswith("error: no mid checkpoint") and err.count("\n") == 1
+    assert fake_checkpoint[-1] == ("mid", None, None)  # tag "" and step -1: the latest
+    assert chat.main(["--chat_eval.tasks=ARC-Easy|Trivia"]) == 2
     assert "unknown task 'Trivia'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--chat_eval.source=rl"], ("--chat_eval.source", "'rl'", "base, mid, sft")),  # worded by jaxchat.stages
+    (["--chat_eval.temperature=-1"], "--chat_eval.temperature=-1: expected a number >= 0"),
+    (["--chat_eval.top_k=-5"], "--chat_eval.top_k=-5: expected a number >= 1, or 0"),
+    (["--chat_eval.num_samples=0"], "--chat_eval.num_samples=0: expected a positive number"),
+    (["--chat_eval.max_problems=0"], "--chat_eval.max_problems=0: expected -1 (all) or a positive number"),
+    (["--step=-2"], "--step=-2: expected a checkpoint step >= 0, or -1"),
+    (["--chat_eval.batch_size=x"], "chat_eval.batch_size='x': expected int"),
+    (["--max_problems=3"], "unknown config key 'max_problems' (did you mean chat_eval.max_problems?)"),
+    (["-i", "sft"], "unexpected argument '-i'; expected --key=value"),
+])
+def test_chat_cli_refuses_bad_settings_before_loading(fake_checkpoint, capsys, argv, message):
+    assert chat.main(argv) == 2
+    err = capsys.readouterr().err
+    parts = (message,) if isinstance(message, str) else message
+    assert err.startswith("error: ") and all(part in err for part in parts) and err.count("\n") == 1
+    assert fake_checkpoint == []
+
+
+def test_chat_cli_help_lists_its_keys(capsys):
+    from jaxchat.config import keys
+
+    assert chat.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(chat.__doc__.strip()[:40]) and "--chat_eval.tasks=" in out  # the usage examples
+    for key, value, _ in keys(chat.ChatEvalConfig()):
+        assert f"--{key} = {value!r}" in out
+    assert "--chat_eval.source = 'sft'" in out and "--chat_eval.num_samples = 1" in out and "--step = -1" in out
+
+
+def test_recipe_chat_eval_runs_the_eval_with_the_run_config(monkeypatch):
+    """``train.py --stage=chat_eval`` / ``all``: the eval CLI's config built from cfg.chat_eval and the run tag."""
+    from jaxchat import recipe
+    from jaxchat.config import ChatEvalSection, RunConfig, override
+
+    calls = []
+    monkeypatch.setattr(chat, "run", calls.append)
+    cfg = override(RunConfig(), {"tag": "t1", "chat_eval.max_problems": "5", "chat_eval.tasks": "GSM8K,MMLU",
+                                 "chat_eval.num_samples": "2"})
+    recipe.chat_eval(cfg, "mid")
+    recipe.chat_eval(cfg)
+    assert [c.chat_eval.source for c in calls] == ["mid", "sft"]
+    assert calls[0] == chat.ChatEvalConfig(tag="t1", step=-1, chat_eval=ChatEvalSection(
+        source="mid", tasks="GSM8K,MMLU", max_problems=5, num_samples=2))
 
 
 def test_base_cli_core_only(task_cache, fake_checkpoint, report_home, capsys):
     from jaxchat.eval import base
 
-    assert base.main(["-i", "base", "--skip-bpb", "--core-max-per-task", "3"]) == 0
+    assert base.main(["--source=base", "--skip_bpb", "--core_max_per_task=3"]) == 0
+    assert fake_checkpoint == [("base", None, None)]
     out = capsys.readouterr().out
     assert "hellaswag_zeroshot" in out and "CORE" in out and "val bpb" not in out
     saved = json.loads((report_home / "base-eval.json").read_text())
     core_line = re.search(r"^CORE\s+([-0-9.]+)$", out, re.MULTILINE)
     assert saved["metrics"] == {"CORE": pytest.approx(float(core_line.group(1)), abs=1e-4)}
     assert "| squad |" in saved["sections"][0]["markdown"]
-    assert base.main(["-i", "base", "--skip-bpb", "--skip-core"]) == 1
-    assert "nothing to evaluate" in capsys.readouterr().err
+    assert base.main(["--skip-bpb", "--skip-core"]) == 2  # dashes work too
+    err = capsys.readouterr().err
+    assert "nothing to evaluate" in err and err.count("\n") == 1
+    assert base.main(["--source=mid", "--skip_bpb"]) == 2
+    assert capsys.readouterr().err.startswith("error: no mid checkpoint")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--source=rl"], ("--source", "'rl'", "base, mid, sft")),  # worded by jaxchat.stages
+    (["--core_max_per_task=0"], "--core_max_per_task=0: expected -1 (all) or a positive number"),
+    (["--bpb_tokens=0"], "--bpb_tokens=0: expected a positive number"),
+    (["--device_batch_size=-3"], "--device_batch_size=-3: expected a positive number"),
+    (["--step=-7"], "--step=-7: expected a checkpoint step"),
+    (["--skip_core=maybe"], "skip_core='maybe': expected bool"),
+    (["--core-max-per-tsk=5"], "unknown config key 'core_max_per_tsk'"),
+])
+def test_base_cli_refuses_bad_settings_before_loading(fake_checkpoint, capsys, argv, message):
+    from jaxchat.eval import base
+
+    assert base.main(argv) == 2
+    err = capsys.readouterr().err
+    parts = (message,) if isinstance(message, str) else message
+    assert err.startswith("error: ") and all(part in err for part in parts) and err.count("\n") == 1
+    assert fake_checkpoint == []
+
+
+def test_base_cli_help_lists_its_keys(capsys):
+    from jaxchat.config import keys
+    from jaxchat.eval import base
+
+    assert base.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--core_max_per_task=500" in out  # the usage examples
+    for key, value, _ in keys(base.BaseEvalConfig()):
+        assert f"--{key} = {value!r}" in out
+    assert "--source = 'base'" in out and "--skip_core = False  [bool]" in out
 
 
 def test_val_bpb_on_the_val_shard(fineweb_dir, fineweb_tokenizer, model):
@@ -702,8 +791,7 @@ def test_base_cli_bpb_and_core(tmp_path, monkeypatch, fake_checkpoint, report_ho
     write_fineweb_shards(tmp_path / "base_data", n_shards=2, docs_per_shard=60)
     write_eval_bundle(tmp_path / "eval_bundle")
     monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
-    assert base.main(["-i", "base", "--bpb-tokens", "1024", "--device-batch-size", "4",
-                      "--core-max-per-task", "2"]) == 0
+    assert base.main(["--source=base", "--bpb_tokens=1024", "--device_batch_size=4", "--core_max_per_task=2"]) == 0
     out = capsys.readouterr().out
     table_bpb = re.search(r"^val bpb\s+([0-9.]+)$", out, re.MULTILINE)  # the table's row
     assert table_bpb and 0 < float(table_bpb.group(1)) < 20

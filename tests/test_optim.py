@@ -1,4 +1,4 @@
-"""Optimizer and schedules against independent float64 NumPy references of nanochat's rules (SPEC §4–§7).
+"""Optimizer and schedules against independent float64 NumPy references of nanochat's rules (docs/DESIGN.md §4–§7).
 
 The references are written in torch layout (weights (out, in)); our params are Flax kernels
 (in, out), so every comparison transposes the kernel.
@@ -209,7 +209,7 @@ def test_muon_state_is_float32_and_update_keeps_param_dtype():
 
 
 def test_matches_optax_contrib_muon_where_semantics_coincide():
-    # optax.contrib.muon bias-corrects its momentum (JAX_NOTES), so the rules coincide only without
+    # optax.contrib.muon bias-corrects its momentum, so the rules coincide only without
     # momentum (beta = 0: every step) and on the first step (where the momentum only rescales g,
     # which the normalisation removes). Its eps is 1e-8 instead of 1e-7: negligible at |g| ~ 10.
     rng = np.random.default_rng(4)

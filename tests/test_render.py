@@ -1,4 +1,4 @@
-"""Chat rendering (SPEC §2): ids and masks token by token, system merge, errors, truncation, visualize."""
+"""Chat rendering (docs/DESIGN.md §2): ids and masks token by token, system merge, errors, truncation, visualize."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_gsm8k_tool_use_id_by_id(fineweb_tokenizer):
     tok = fineweb_tokenizer
     S, E = tok.encode_special, tok.encode
     q = E(QUESTION)
-    expected = [  # (ids, mask) in order, written out by hand from SPEC §2
+    expected = [  # (ids, mask) in order, written out by hand from docs/DESIGN.md §2
         ([S("<|bos|>")], 0),
         ([S("<|user_start|>")], 0), (q, 0), ([S("<|user_end|>")], 0),
         ([S("<|assistant_start|>")], 0),

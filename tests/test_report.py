@@ -85,9 +85,32 @@ def test_table_contents_and_pipeline_order(tmp_path):
         "| ChatCORE | - | - | 0.0880 |",
     ]
     assert table[9:] == ["| val_bpb | - | 0.4100 | - |", "| SpellingBee | - | - | 0.5000 |"]
+
+
+def test_order_and_columns_come_from_the_stage_registry(tmp_path, monkeypatch):
+    """A stage with checkpoints added to ``jaxchat.stages`` gets its place in the order and its column."""
+    from jaxchat import stages
+
+    home = tmp_path
+    report.write_section("sft", "SFT", "sft run", {"GSM8K": 0.046}, home=home)
     report.write_section("rl", "RL", "rl run", {"GSM8K": 0.076}, home=home)
+    report.write_section("chat-eval-rl", "Chat evaluation rl", "rl evals", {"ChatCORE": 0.09}, home=home)
+    report.write_section("base", "Base training", "base run", home=home)
+    # Not a registered stage: no column, its metrics nowhere in the table, its section after the pipeline's.
+    assert list(report.read_stages(home)) == ["base", "sft", "chat-eval-rl", "rl"]
+    assert report.metrics_table(report.read_stages(home)).splitlines()[0] == "| Metric | BASE | MID | SFT |"
+    assert "0.0760" not in report.metrics_table(report.read_stages(home))
+    registry = list(stages.STAGES)
+    at = stages.names().index("sft") + 1
+    registry.insert(at, stages.StageSpec("rl", "RL", "jaxchat.training.rl:train_rl", starts_from="sft",
+                                         checkpointed=True))
+    monkeypatch.setattr(stages, "STAGES", tuple(registry))
+    assert list(report.read_stages(home)) == ["base", "sft", "rl", "chat-eval-rl"]
     rl_table = report.metrics_table(report.read_stages(home)).splitlines()
     assert rl_table[0] == "| Metric | BASE | MID | SFT | RL |" and "| GSM8K | - | - | 0.0460 | 0.0760 |" in rl_table
+    assert "| ChatCORE | - | - | - | 0.0900 |" in rl_table
+    # Only stages with checkpoints are columns; the tokenizer's metrics have none.
+    assert report.table_column("tokenizer") is None and report.table_column("chat-eval-mid") == "mid"
 
 
 def test_assemble_with_curves(tmp_path, monkeypatch):
@@ -113,15 +136,41 @@ def test_reset_and_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
     report.write_section("base", "Base training", "x", {"CORE": 0.2})
     MetricsLogger("base", "d2").close()
-    report.main([])
+    assert report.main([]) == 0
     out = capsys.readouterr().out.strip()
     assert out == str(tmp_path / "report" / "report.md")
-    report.main(["--reset"])
+    assert report.main(["--reset"]) == 0
     assert "removed 5 file(s)" in capsys.readouterr().out  # base.md, base.json, report.md, jsonl, png
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [".lock", "started.txt"]
-    report.main([])
+    assert report.main([]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Base training" not in text and "| CORE | - | - | - |" in text and "- Run started: " in text
+    other = tmp_path / "other"
+    assert report.main([f"--home={other}"]) == 0
+    assert capsys.readouterr().out.strip().endswith(str(other / "report" / "report.md"))
+
+
+def test_cli_help_and_errors(tmp_path, monkeypatch, capsys):
+    from jaxchat.config import keys
+
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    assert report.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "python -m jaxchat.report --reset" in out
+    for key, value, _ in keys(report.ReportConfig()):
+        assert f"--{key} = {value!r}" in out
+    assert "--reset = False  [bool]" in out and "--home = ''  [str]" in out
+    for argv, message in ((["--rest"], "unknown config key 'rest'"),
+                          (["--reset=perhaps"], "reset='perhaps': expected bool"),
+                          (["reset"], "unexpected argument 'reset'")):
+        assert report.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "base.json").write_text("{broken")
+    assert report.main([]) == 2
+    err = capsys.readouterr().err
+    assert "base.json is not valid JSON" in err and "--reset" in err and err.count("\n") == 1
 
 
 # ---- metrics log ----------------------------------------------------------------------------------

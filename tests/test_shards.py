@@ -27,7 +27,7 @@ def test_fixture_shards_match_the_fineweb_schema(fineweb_dir):
 
 def test_list_shards(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
-    with pytest.raises(JaxchatError, match=r"no shard_\*\.parquet files in .*base_data; .*--only fineweb -n 8"):
+    with pytest.raises(JaxchatError, match=r"no shard_\*\.parquet files in .*base_data; .*--only=fineweb --num_shards=8"):
         list_shards()
     write_fineweb_shards(tmp_path / "base_data", n_shards=2, docs_per_shard=5)
     (tmp_path / "base_data" / "shard_00005.parquet.tmp").write_text("partial download")

@@ -1,4 +1,4 @@
-"""Tasks (SPEC §8) on the miniature task cache of tests/fixtures/tasks.py."""
+"""Tasks (docs/DESIGN.md §8) on the miniature task cache of tests/fixtures/tasks.py."""
 
 from __future__ import annotations
 

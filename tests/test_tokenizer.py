@@ -45,7 +45,7 @@ def test_spec_constants():
         "<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
         "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>",
     )  # fmt: skip
-    assert SPLIT_PATTERN == (  # SPEC §1, character for character
+    assert SPLIT_PATTERN == (  # docs/DESIGN.md §1, character for character
         r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
         r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
     )
@@ -418,21 +418,59 @@ def test_train_tokenizer_end_to_end(fineweb_dir, tmp_path, monkeypatch, capsys):
 
 def test_train_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
-    with pytest.raises(SystemExit) as exc:
-        train.main(["--vocab-size", "512"])
-    assert exc.value.code == 2
+    assert train.main(["--tokenizer.vocab_size=512"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no shard_*.parquet files in") and "\n" not in err
-    assert "python -m jaxchat.data.download --only fineweb -n 8" in err
+    assert "python -m jaxchat.data.download --only=fineweb --num_shards=8" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tokenizer.vocab_size=100"], "--tokenizer.vocab_size=100: expected at least 265"),
+    (["--tokenizer.max_chars=0"], "--tokenizer.max_chars=0: expected a positive number"),
+    (["--tokenizer.doc-cap=-1"], "--tokenizer.doc_cap=-1: expected a positive number"),
+    (["--vocab_size=512"], "unknown config key 'vocab_size' (did you mean tokenizer.vocab_size?)"),
+    (["--tokenizer.vocab_size=big"], "tokenizer.vocab_size='big': expected int"),
+])
+def test_train_cli_refuses_bad_settings_before_reading(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    monkeypatch.setattr(train, "list_shards", lambda *a: pytest.fail("settings must be checked first"))
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_train_cli_help_lists_its_keys(capsys):
+    from jaxchat.config import keys
+
+    assert train.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--tokenizer.vocab_size=8192" in out  # the usage example
+    for key, value, _ in keys(train.TokenizerTrainConfig()):
+        assert f"--{key} = {value!r}" in out
+    assert "--tokenizer.vocab_size = 65536  [int]" in out and "--data_dir = ''  [str]" in out
 
 
 def test_train_cli_small_run(fineweb_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
-    train.main(["--max-chars", "100000", "--doc-cap", "2000", "--vocab-size", "400"])
+    assert train.main(["--tokenizer.max_chars=100000", "--tokenizer.doc_cap=2000", "--tokenizer.vocab_size=400"]) == 0
     assert load_tokenizer().get_vocab_size() == 400
-    with pytest.raises(SystemExit) as exc:
-        train.main(["--vocab-size", "100"])
-    assert exc.value.code == 2 and "vocab_size 100 is too small" in capsys.readouterr().err
+    assert train.main(["--tokenizer.vocab_size", "100"]) == 2
+    assert "--tokenizer.vocab_size=100: expected at least" in capsys.readouterr().err
+    other = tmp_path / "other_tokenizer"
+    assert train.main([f"--data_dir={fineweb_dir}", f"--out_dir={other}", "--tokenizer.max_chars=50000",
+                       "--tokenizer.vocab_size=300"]) == 0
+    assert load_tokenizer(other).get_vocab_size() == 300 and load_tokenizer().get_vocab_size() == 400
+
+
+def test_recipe_tokenizer_trains_the_config_section(monkeypatch):
+    from jaxchat import recipe
+    from jaxchat.config import RunConfig, override
+
+    calls = []
+    monkeypatch.setattr(train, "run", calls.append)
+    cfg = override(RunConfig(), {"tokenizer.vocab_size": "4096", "tokenizer.max_chars": "1000"})
+    recipe.tokenizer(cfg)
+    assert calls == [train.TokenizerTrainConfig(tokenizer=cfg.tokenizer)]
 
 
 # ---- tok_eval -----------------------------------------------------------------------------------
@@ -456,7 +494,7 @@ def test_tok_eval_offline_does_not_hang(tok, fineweb_dir, tmp_path, monkeypatch,
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-tiktoken-cache"))
     tok.save(tmp_path / "tokenizer")
     t0 = time.perf_counter()
-    tok_eval.main(["--sample-chars", "20000"])
+    assert tok_eval.main(["--sample_chars=20000"]) == 0
     assert time.perf_counter() - t0 < 20
     out = capsys.readouterr().out
     for name in ("news", "korean", "code", "math", "science", "fineweb-train (shard_00000.parquet)",
@@ -466,7 +504,7 @@ def test_tok_eval_offline_does_not_hang(tok, fineweb_dir, tmp_path, monkeypatch,
     assert "Not available" in out or "GPT-4 bytes/token" in out  # offline here; a filled cache would work
     report = (tmp_path / "report" / "tokenizer.md").read_text()
     assert report.count("## Tokenizer evaluation") == 1
-    tok_eval.main(["--sample-chars", "20000"])  # rerun replaces the section instead of appending
+    assert tok_eval.main(["--sample-chars", "20000"]) == 0  # rerun replaces the section instead of appending
     assert (tmp_path / "report" / "tokenizer.md").read_text().count("## Tokenizer evaluation") == 1
 
 
@@ -485,11 +523,27 @@ def test_reference_download_times_out(monkeypatch, tmp_path):
 
 def test_tok_eval_without_a_tokenizer(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
-    with pytest.raises(SystemExit) as exc:
-        tok_eval.main([])
-    assert exc.value.code == 2
+    assert tok_eval.main([]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: tokenizer directory {tmp_path / 'tokenizer'} does not exist") and "\n" not in err
+    assert tok_eval.main([f"--tokenizer_dir={tmp_path / 'elsewhere'}"]) == 2
+    assert f"{tmp_path / 'elsewhere'} does not exist" in capsys.readouterr().err
+
+
+def test_tok_eval_cli_help_and_bad_settings(tmp_path, monkeypatch, capsys):
+    from jaxchat.config import keys
+
+    assert tok_eval.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for key, value, _ in keys(tok_eval.TokEvalConfig()):
+        assert f"--{key} = {value!r}" in out
+    assert "--sample_chars = 1000000  [int]" in out
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    for argv, message in ((["--sample_chars=0"], "--sample_chars=0: expected a positive number"),
+                          (["--samples=5"], "unknown config key 'samples'")):
+        assert tok_eval.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
 def test_tok_eval_without_shards(tok, tmp_path, monkeypatch):

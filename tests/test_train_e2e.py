@@ -32,13 +32,13 @@ def run(*args: str) -> int:
 
 
 def params_of(stage: str, tag: str, step: int | None = None):
+    from jaxchat.config import from_dict
+    from jaxchat.model import GPTConfig
+    from jaxchat.runtime import Runtime
     from jaxchat.training.build import build_model
 
     meta = read_meta(stage, tag, step)
-    from jaxchat.config import from_dict
-    from jaxchat.model import GPTConfig
-
-    _, abstract = build_model(GPTConfig(**meta["model_config"]), from_dict(meta["run_config"]), abstract=True)
+    _, abstract = build_model(GPTConfig(**meta["model_config"]), from_dict(meta["run_config"]), Runtime(), abstract=True)
     params, _ = load_params(stage, tag, step, abstract_params=abstract)
     return params
 

@@ -1,4 +1,8 @@
-"""The web chat server over real HTTP on loopback: streaming, limits, health/stats, concurrency, CLI."""
+"""The web chat server over real HTTP on loopback: streaming, limits, health/stats, concurrency.
+
+The helpers here (tiny_model, ScriptedEngine, serve, chat, ...) are shared by the other web tests:
+``test_web_handlers.py`` (each handler alone, the worker) and ``test_web_cli.py`` (the command line).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from jaxchat.common import JaxchatError
 from jaxchat.model import GPT, GPTConfig
 from jaxchat.tokenizer.stream import StreamDecoder
 from jaxchat.web import Limits, RequestError, create_app, validate_request
-from jaxchat.web.server import Sampling
+from jaxchat.web.validation import Sampling
 
 TIMEOUT = httpx.Timeout(30.0)
 
@@ -464,63 +468,3 @@ def test_busy_server_answers_503(fineweb_tokenizer):
             assert resp.status_code == 503 and resp.json()["limit"] == "max_pending"
             gate.set()
             assert first.result(timeout=10) == "ok"
-
-
-# ---- the command line ----------------------------------------------------------------------------
-
-
-def test_main_reports_load_errors_in_one_line(tmp_path, monkeypatch, capsys):
-    from jaxchat.web.__main__ import main
-
-    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))  # an empty cache: no checkpoint to load
-    assert main(["-i", "mid", "--tag", "d4", "--no-warmup"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: no complete mid checkpoint in ") and err.count("\n") == 1
-    assert main(["--port", "0"]) == 1 and "--port" in capsys.readouterr().err
-
-
-def test_main_serves_a_saved_checkpoint(tmp_path, monkeypatch, fineweb_tokenizer, capsys):
-    """python -m jaxchat.web end to end: a real checkpoint, the real loader and Engine, real HTTP."""
-    from jaxchat import checkpoint as ck
-    from jaxchat.model import split_params
-    from jaxchat.web.__main__ import main
-
-    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
-    fineweb_tokenizer.save(tmp_path / "tokenizer")
-    model = tiny_model(fineweb_tokenizer.get_vocab_size(), seed=3)
-    meta = ck.make_meta("sft", model.config, fineweb_tokenizer)
-    with ck.StageCheckpointer(ck.checkpoint_dir("sft", "d1"), async_save=False) as saver:
-        saver.save(9, split_params(model)[1], None, None, meta)
-
-    seen = {}
-
-    def run_and_chat(app, host, port, **kw):  # stands in for uvicorn.run: serve on a free port, chat once
-        seen.update(host=host, port=port, info=app.state.model_info)
-        with serve(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
-            wait_ready(client)
-            seen["reply"] = chat(client, user("Why is the river cold?"))[0]
-
-    monkeypatch.setattr(uvicorn, "run", run_and_chat)
-    assert main(["-i", "sft", "--port", "8123", "--temperature", "0", "--max-tokens", "8"]) == 0
-    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
-    info = seen["info"]
-    assert (info["stage"], info["tag"], info["step"], info["sequence_len"]) == ("sft", "d1", 9, 128)
-    assert info["params"] == sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    # The served reply is the saved model's: the in-memory model's greedy reply (8 tokens), computed
-    # here by full forward passes (no cache, no Engine).
-    messages = user("Why is the river cold?")
-    ids, stops = fineweb_tokenizer.render_for_completion({"messages": messages}), {
-        fineweb_tokenizer.bos_token_id, fineweb_tokenizer.encode_special("<|assistant_end|>")}
-    graphdef, params = split_params(model)
-    forward = jax.jit(lambda p, idx: nnx.merge(graphdef, p)(idx))
-    reply: list[int] = []
-    while len(reply) < 8:
-        seq = ids + reply  # right-padded to one static length: causal, so the padding changes nothing
-        padded = np.full((1, 64), fineweb_tokenizer.bos_token_id, np.int32)
-        padded[0, :len(seq)] = seq
-        token = int(forward(params, padded)[0, len(seq) - 1].argmax())
-        if token in stops:
-            break
-        reply.append(token)
-    assert reply and seen["reply"] == fineweb_tokenizer.decode_bytes(reply).decode("utf-8", errors="replace")
-    assert main(["--temperature", "5", "--no-warmup"]) == 1 and "temperature" in capsys.readouterr().err

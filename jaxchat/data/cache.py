@@ -1,4 +1,4 @@
-"""Where every downloaded item lives in ``$JAXCHAT_HOME`` (SPEC §0), and checks that it is there.
+"""Where every downloaded item lives in ``$JAXCHAT_HOME`` (docs/DESIGN.md §0), and checks that it is there.
 
 This module is the single source of truth for the cache layout: the downloader writes these paths
 and the tasks / training code read them. It never touches the network.
@@ -93,7 +93,7 @@ def download_command(item: str) -> str:
     if group is None:
         raise JaxchatError(f"unknown cache item {item!r}; expected one of {sorted(ITEMS)}")
     if group == "fineweb":
-        return f"{DOWNLOAD_MODULE} --only fineweb -n 8"
+        return f"{DOWNLOAD_MODULE} --only=fineweb --num_shards=8"
     return f"{DOWNLOAD_MODULE} --only {group}"
 
 

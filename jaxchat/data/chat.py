@@ -1,4 +1,4 @@
-"""The chat input pipelines: midtraining (packed rows, SPEC §6) and SFT (one conversation a row, §7).
+"""The chat input pipelines: midtraining (packed rows, docs/DESIGN.md §6) and SFT (one conversation a row, §7).
 
 Both read ONE epoch of a ``jaxchat.tasks.Task`` in index order (the mixtures already shuffle with seed
 42), render each conversation with ``tokenizer.render_conversation`` and yield int32
@@ -20,7 +20,7 @@ grain's ``BestFitPackIterDataset`` (``num_packing_bins = rows``, bins not shuffl
 goes, whole, into the row where it leaves the least room; when it fits in no row, the batch is emitted
 and a new one started with it. So a conversation is never cut across rows: it starts at a row start or
 right after another one in the same row. A conversation longer than ``seq_len + 1`` is truncated to it
-(and counted). Every real token is a target (the mask is not used in midtraining: SPEC §6); the rest
+(and counted). Every real token is a target (the mask is not used in midtraining: docs/DESIGN.md §6); the rest
 of a row is padding with ``<|bos|>`` as input and −1 as target. Row ``r``: ``inputs = row[:-1]``,
 ``targets = row[1:]``.
 

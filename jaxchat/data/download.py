@@ -1,11 +1,17 @@
-"""Fill ``$JAXCHAT_HOME`` with everything the recipe reads (SPEC §0), so training never needs the network.
+"""Fill ``$JAXCHAT_HOME`` with everything the recipe reads (docs/DESIGN.md §0), so training never needs the network.
 
-    python -m jaxchat.data.download                  # 8 FineWeb shards + task datasets + eval bundle
-    python -m jaxchat.data.download -n 240           # enough FineWeb-Edu for d20 (-n -1: all 1823)
-    python -m jaxchat.data.download --only fineweb -n 8 --workers 8
-    python -m jaxchat.data.download --only tasks     # HF datasets, identity conversations, word list
-    python -m jaxchat.data.download --only eval      # the CORE eval bundle
-    python -m jaxchat.data.download --from-text DIR  # shards from your own .txt/.md/.jsonl corpus
+    python -m jaxchat.data.download                        # 8 FineWeb shards + task datasets + eval bundle
+    python -m jaxchat.data.download --num_shards=240       # enough FineWeb-Edu for d20 (-1: all 1823)
+    python -m jaxchat.data.download --only=fineweb --num_shards=8 --workers=8
+    python -m jaxchat.data.download --only=tasks           # HF datasets, identity conversations, word list
+    python -m jaxchat.data.download --only=eval            # the CORE eval bundle
+    python -m jaxchat.data.download --from_text=DIR        # shards from your own .txt/.md/.jsonl corpus
+
+``--only`` is one group (fineweb | tasks | eval; "" = all three); ``--workers`` parallel shard
+downloads; ``--retries`` per file, with exponential back-off. ``--from_text=DIR`` downloads nothing:
+it writes shards of ``--chars_per_shard`` characters from your own files into ``--out``
+(default ``$JAXCHAT_HOME/base_data``). ``python train.py --stage=download`` runs this with the
+number of shards its config needs.
 
 What goes where (see ``jaxchat.data.cache`` for the full layout):
 
@@ -18,13 +24,13 @@ What goes where (see ``jaxchat.data.cache`` for the full layout):
 Every file is written as ``<name>.tmp`` and renamed when complete; existing files are skipped, so
 re-running the same command resumes (partial ``.tmp`` downloads continue with HTTP Range). When an
 item cannot be fetched, one line per item names it, its URL and where to put it by hand, and the
-command exits with status 1. The URL constants are module attributes so they can be pointed at a
-mirror (or a test server).
+command exits with status 1 (a bad setting: one ``error:`` line, status 2). The URL constants are
+module attributes so they can be pointed at a mirror (or a test server).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -38,6 +44,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from jaxchat import cli
 from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.data.cache import (
     EVAL_BUNDLE_DIR,
@@ -59,6 +66,7 @@ __all__ = [
     "IDENTITY_URL",
     "MAX_SHARD",
     "WORDS_URL",
+    "DownloadConfig",
     "DownloadReport",
     "download_eval_bundle",
     "download_file",
@@ -67,6 +75,7 @@ __all__ = [
     "download_task_files",
     "ensure_available",
     "main",
+    "run",
 ]
 
 FINEWEB_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_{i:05d}.parquet"
@@ -76,6 +85,22 @@ WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/mas
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 DEFAULT_SHARDS = 8  # enough to train the tokenizer (2B chars); d20 pretraining wants 240
 DEFAULT_WORKERS = 4
+DEFAULT_RETRIES = 5
+GROUPS = ("fineweb", "tasks", "eval")
+PROG = "python -m jaxchat.data.download"
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadConfig:
+    """What ``python -m jaxchat.data.download`` fetches (or, with ``from_text``, writes from local files)."""
+
+    num_shards: int = DEFAULT_SHARDS  # FineWeb-Edu shards 0 … num_shards-1; -1 = all 1823
+    only: str = ""  # one group: fineweb | tasks | eval; "" = all three
+    workers: int = DEFAULT_WORKERS  # parallel shard downloads
+    retries: int = DEFAULT_RETRIES  # retries per file (exponential back-off)
+    from_text: str = ""  # DIR (or file): make shards from your own .txt/.md/.jsonl files instead of downloading
+    chars_per_shard: int = CHARS_PER_SHARD  # with from_text: characters per shard
+    out: str = ""  # with from_text: output directory; "" = $JAXCHAT_HOME/base_data
 
 
 @dataclass
@@ -182,9 +207,9 @@ def download_fineweb(
     total = MAX_SHARD + 1
     n = total if num_shards == -1 else num_shards
     if not 0 < n <= total:
-        raise JaxchatError(f"-n {num_shards}: expected 1 … {total} shards, or -1 for all of them")
+        raise JaxchatError(f"--num_shards={num_shards}: expected 1 … {total} shards, or -1 for all of them")
     if workers < 1:
-        raise JaxchatError(f"--workers {workers}: expected at least 1")
+        raise JaxchatError(f"--workers={workers}: expected at least 1")
     directory = (Path(home) if home is not None else jaxchat_home()) / FINEWEB_DIR
     directory.mkdir(parents=True, exist_ok=True)
     breaker = _Breaker()
@@ -213,7 +238,7 @@ LoadFn = Callable[..., Any]
 
 
 def _default_load_fn() -> LoadFn:
-    from datasets import load_dataset  # imported lazily: only this step needs it
+    from datasets import load_dataset  # lazy: slow to import, only this step needs it
 
     return load_dataset
 
@@ -370,62 +395,75 @@ def _human(nbytes: int) -> str:
     return f"{size:.1f} GB"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxchat.data.download", description=__doc__.split("\n\n")[0])
-    p.add_argument("-n", "--num-shards", type=int, default=DEFAULT_SHARDS,
-                   help=f"FineWeb-Edu shards to download (default {DEFAULT_SHARDS}; -1 = all {MAX_SHARD + 1})")
-    p.add_argument("--only", choices=("fineweb", "tasks", "eval"), help="download only this group")
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="parallel shard downloads")
-    p.add_argument("--retries", type=int, default=5, help="retries per file (exponential back-off)")
-    p.add_argument("--from-text", metavar="DIR",
-                   help="instead of downloading, make shards from your own .txt/.md/.jsonl files")
-    p.add_argument("--chars-per-shard", type=int, default=CHARS_PER_SHARD,
-                   help="with --from-text: characters per shard")
-    p.add_argument("--out", metavar="DIR", help="with --from-text: output directory (default $JAXCHAT_HOME/base_data)")
-    return p
+def validate(config: DownloadConfig) -> DownloadConfig:
+    """``config`` if every value is usable; a one-line JaxchatError naming the key otherwise."""
+    total = MAX_SHARD + 1
+    if not (config.num_shards == -1 or 0 < config.num_shards <= total):
+        raise JaxchatError(f"--num_shards={config.num_shards}: expected 1 … {total} shards, or -1 for all of them")
+    if config.only not in ("", *GROUPS):
+        raise JaxchatError(f"--only={config.only!r}: expected one of {', '.join(GROUPS)} (or nothing for all three)")
+    if config.workers < 1:
+        raise JaxchatError(f"--workers={config.workers}: expected at least 1")
+    if config.retries < 0:
+        raise JaxchatError(f"--retries={config.retries}: expected a number >= 0")
+    if config.chars_per_shard < 1:
+        raise JaxchatError(f"--chars_per_shard={config.chars_per_shard}: expected a positive number")
+    if config.out and not config.from_text:
+        raise JaxchatError(f"--out={config.out!r}: only used with --from_text=DIR (downloads go to $JAXCHAT_HOME)")
+    return config
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI. Returns the exit status: 0 when everything asked for is in the cache, 1 otherwise."""
-    args = _parser().parse_args(argv)
-    home = jaxchat_home()
-    try:
-        if args.from_text:
-            out = Path(args.out) if args.out else home / FINEWEB_DIR
-            paths = shards_from_text(
-                args.from_text, out, chars_per_shard=args.chars_per_shard, row_group_size=ROW_GROUP_SIZE
-            )
-            size = _human(sum(p.stat().st_size for p in paths))
-            print(f"wrote {len(paths)} shards ({size}) to {out}; the last, {paths[-1].name}, is the validation shard")
-            return 0
-        report = DownloadReport()
-        kw = {"retries": args.retries}
-        if args.only in (None, "fineweb"):
-            r = download_fineweb(args.num_shards, home, workers=args.workers, **kw)
-            have = len(r.fetched) + len(r.present)
-            print(f"fineweb: {have} of {have + len(r.missing)} shards in {home / FINEWEB_DIR} "
-                  f"({_human(r.nbytes)}; {len(r.fetched)} downloaded, {len(r.present)} already there)")
-            report.merge(r)
-        if args.only in (None, "tasks"):
-            r = download_hf_tasks(home).merge(download_task_files(home, **kw))
-            print(f"tasks: {len(r.fetched) + len(r.present)} files in {home} ({_human(r.nbytes)}; "
-                  f"{len(r.fetched)} downloaded, {len(r.present)} already there)")
-            report.merge(r)
-        if args.only in (None, "eval"):
-            r = download_eval_bundle(home, **kw)
-            report.merge(r)
-            if not r.missing:
-                print(f"eval: CORE bundle in {home / EVAL_BUNDLE_DIR}")
-    except JaxchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def run(config: DownloadConfig, home: str | Path | None = None) -> DownloadReport:
+    """Download what ``config`` asks for into ``home`` (default ``$JAXCHAT_HOME``), printing a summary
+    per group and, on stderr, one line per item that could not be fetched; what was done.
+
+    With ``config.from_text`` it downloads nothing and writes shards from those files instead (the
+    report's ``fetched`` lists them). Bad settings are refused (JaxchatError) before anything starts.
+    """
+    validate(config)
+    home = Path(home) if home is not None else jaxchat_home()
+    if config.from_text:
+        out = Path(config.out) if config.out else home / FINEWEB_DIR
+        paths = shards_from_text(config.from_text, out, chars_per_shard=config.chars_per_shard,
+                                 row_group_size=ROW_GROUP_SIZE)
+        nbytes = sum(p.stat().st_size for p in paths)
+        print(f"wrote {len(paths)} shards ({_human(nbytes)}) to {out}; the last, {paths[-1].name}, is the "
+              "validation shard")
+        return DownloadReport(fetched=[str(p) for p in paths], nbytes=nbytes)
+    report = DownloadReport()
+    kw = {"retries": config.retries}
+    if config.only in ("", "fineweb"):
+        r = download_fineweb(config.num_shards, home, workers=config.workers, **kw)
+        have = len(r.fetched) + len(r.present)
+        print(f"fineweb: {have} of {have + len(r.missing)} shards in {home / FINEWEB_DIR} "
+              f"({_human(r.nbytes)}; {len(r.fetched)} downloaded, {len(r.present)} already there)")
+        report.merge(r)
+    if config.only in ("", "tasks"):
+        r = download_hf_tasks(home).merge(download_task_files(home, **kw))
+        print(f"tasks: {len(r.fetched) + len(r.present)} files in {home} ({_human(r.nbytes)}; "
+              f"{len(r.fetched)} downloaded, {len(r.present)} already there)")
+        report.merge(r)
+    if config.only in ("", "eval"):
+        r = download_eval_bundle(home, **kw)
+        report.merge(r)
+        if not r.missing:
+            print(f"eval: CORE bundle in {home / EVAL_BUNDLE_DIR}")
     for message in report.missing:
         print(message, file=sys.stderr)
     if report.missing:
         print(f"{len(report.missing)} item(s) missing; re-run the same command to resume.", file=sys.stderr)
-        return 1
-    print(f"done: {_human(report.nbytes)} in {home}")
-    return 0
+    else:
+        print(f"done: {_human(report.nbytes)} in {home}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; the exit status: 0 when everything asked for is in the cache, 1 when items are
+    missing (one line each), 2 for a bad setting or input (one ``error:`` line)."""
+    def run_cli(config: DownloadConfig) -> int:
+        return 1 if run(config).missing else 0
+
+    return cli.main(run_cli, DownloadConfig(), argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":

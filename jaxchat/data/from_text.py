@@ -6,7 +6,7 @@ with a string field ``text`` (one document per line). Empty documents are skippe
 
 Output: ``shard_00000.parquet …`` with one string column ``text`` and row groups of 1024 documents,
 a new shard started once the current one holds ``chars_per_shard`` characters. The last shard is
-the validation shard (SPEC §0); when the corpus fits in one shard it is split in two, the last ~10 %
+the validation shard (docs/DESIGN.md §0); when the corpus fits in one shard it is split in two, the last ~10 %
 of its documents (at least one) becoming the validation shard. Shards are written into a staging
 directory and moved into place only when all of them are complete.
 """
@@ -36,11 +36,11 @@ def _source_files(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
     if not source.is_dir():
-        raise JaxchatError(f"--from-text {source}: no such file or directory")
+        raise JaxchatError(f"--from_text={source}: no such file or directory")
     suffixes = TEXT_SUFFIXES + JSONL_SUFFIXES
     files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise JaxchatError(f"--from-text {source}: no .txt, .md or .jsonl files found")
+        raise JaxchatError(f"--from_text={source}: no .txt, .md or .jsonl files found")
     return files
 
 
@@ -147,7 +147,7 @@ def shards_from_text(
     if existing:
         raise JaxchatError(
             f"{out_dir} already holds {len(existing)} shard_*.parquet file(s); move them away first "
-            "or write elsewhere with --out DIR"
+            "or write elsewhere with --out=DIR"
         )
     staging = out_dir / STAGING_NAME
     shutil.rmtree(staging, ignore_errors=True)  # left over by an interrupted run
@@ -159,7 +159,7 @@ def shards_from_text(
         writer.close_shard()
         paths = writer.paths
         if not paths:
-            raise JaxchatError(f"--from-text {source}: all documents are empty")
+            raise JaxchatError(f"--from_text={source}: all documents are empty")
         if len(paths) == 1:
             paths = _split_single_shard(paths[0], row_group_size)
         final = []

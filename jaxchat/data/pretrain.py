@@ -1,6 +1,6 @@
 """The pretraining input pipeline: FineWeb-Edu shards → tokens → fixed ``(rows, seq_len)`` batches.
 
-Reading order (deterministic, SPEC §5): the shards in the order given (``list_shards`` sorts them by
+Reading order (deterministic, docs/DESIGN.md §5): the shards in the order given (``list_shards`` sorts them by
 name), each shard's parquet row groups in order, each row group's documents in order. Every document
 is tokenised as ``<|bos|>`` + its tokens; the documents are concatenated into one stream, and each
 batch takes the next ``rows × (seq_len + 1)`` tokens of that stream: row ``r`` is a window of

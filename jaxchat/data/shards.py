@@ -1,7 +1,7 @@
 """FineWeb-Edu shards on disk: find them, split train/val, stream their documents in order.
 
 Shards are ``$JAXCHAT_HOME/base_data/shard_XXXXX.parquet`` with one string column ``text``; the
-LAST shard (in name order) is the validation shard (SPEC §0).
+LAST shard (in name order) is the validation shard (docs/DESIGN.md §0).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from jaxchat.common import JaxchatError, jaxchat_home
 
-DOWNLOAD_HINT = "python -m jaxchat.data.download --only fineweb -n 8"
+DOWNLOAD_HINT = "python -m jaxchat.data.download --only=fineweb --num_shards=8"
 
 
 def default_data_dir() -> Path:

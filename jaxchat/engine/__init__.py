@@ -1,4 +1,4 @@
-"""Inference: the KV-cache generation Engine with sampling and calculator tool use (SPEC §10).
+"""Inference: the KV-cache generation Engine with sampling and calculator tool use (docs/DESIGN.md §10).
 
     from jaxchat.engine import Engine
     engine = Engine(model, tokenizer)

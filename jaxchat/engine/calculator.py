@@ -1,4 +1,4 @@
-"""The calculator tool the assistant calls from ``<|python_start|> … <|python_end|>`` (SPEC §10).
+"""The calculator tool the assistant calls from ``<|python_start|> … <|python_end|>`` (docs/DESIGN.md §10).
 
 nanochat's rules: an expression is either pure arithmetic (digits, ``+ - * / ( ) .`` and spaces;
 commas are dropped first so ``1,000 * 3`` works; no ``**``) or one string ``.count(...)`` call such as

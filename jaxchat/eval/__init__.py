@@ -1,9 +1,11 @@
-"""Evaluation: val bpb / loss, the CORE metric, chat evaluation (SPEC §5, §9).
+"""Evaluation: val bpb / loss, the CORE metric, chat evaluation (docs/DESIGN.md §5, §9).
 
     from jaxchat.eval import evaluate_bpb, evaluate_loss, evaluate_core
     from jaxchat.eval import run_categorical, run_generative, chatcore
 
-CLIs: ``python -m jaxchat.eval.base`` (val bpb + CORE), ``python -m jaxchat.eval.chat`` (chat tasks).
+CLIs: ``python -m jaxchat.eval.base`` (val bpb + CORE), ``python -m jaxchat.eval.chat`` (chat tasks);
+``--help`` lists their keys. Their work is the typed functions ``jaxchat.eval.base.run(BaseEvalConfig)``
+and ``jaxchat.eval.chat.run(ChatEvalConfig)`` (what ``train.py --stage=chat_eval`` calls).
 Names are imported lazily so that ``python -m jaxchat.eval.chat`` does not import its own module
 twice (runpy warns when the package already imported it).
 """

@@ -1,28 +1,69 @@
-"""Base-model evaluation: val bpb on the held-out shard and the CORE metric (SPEC §5, §9).
+"""Base-model evaluation: val bpb on the held-out shard and the CORE metric (docs/DESIGN.md §5, §9).
 
 Usage::
 
-    python -m jaxchat.eval.base -i base                        # latest base checkpoint, full CORE
-    python -m jaxchat.eval.base -i base --tag d20 --step 21400 --core-max-per-task 500
-    python -m jaxchat.eval.base -i mid --skip-core --bpb-tokens 1048576
+    python -m jaxchat.eval.base                                # latest base checkpoint, full CORE
+    python -m jaxchat.eval.base --source=base --tag=d20 --step=21400 --core_max_per_task=500
+    python -m jaxchat.eval.base --source=mid --skip_core --bpb_tokens=1048576
 
+``--source`` is the stage whose checkpoint is evaluated (a stage with checkpoints: base, mid, sft);
+``--tag=""`` and ``--step=-1`` pick the latest tag and step. ``--core_max_per_task=-1`` runs every
+CORE item; ``--bpb_tokens`` val tokens are scored in batches of ``--device_batch_size`` rows.
 Prints a table and appends a section to the report (``jaxchat.report``).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxchat import cli, stages
+from jaxchat.checkpoint import evaluated_checkpoint
 from jaxchat.common import JaxchatError
+from jaxchat.data.pretrain import val_batches
+from jaxchat.data.shards import list_shards, split_shards
+from jaxchat.eval.bpb import evaluate_bpb
+from jaxchat.eval.core import evaluate_core, load_bundle
+from jaxchat.model import load as model_load
+from jaxchat.model import split_params
+from jaxchat.report import write_section
 
-STAGES = ("base", "mid", "sft", "rl")
+PROG = "python -m jaxchat.eval.base"
 DEFAULT_BPB_TOKENS = 20 * 524_288  # nanochat: 20 batches of 524,288 tokens
 DEFAULT_DEVICE_BATCH = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseEvalConfig:
+    """What ``python -m jaxchat.eval.base`` evaluates, and how."""
+
+    source: str = "base"  # the stage whose checkpoint is evaluated (a stage with checkpoints)
+    tag: str = ""  # model tag, e.g. d20; "" = the latest written
+    step: int = -1  # checkpoint step; -1 = the last
+    core_max_per_task: int = -1  # CORE items per task; -1 = all
+    bpb_tokens: int = DEFAULT_BPB_TOKENS  # val tokens for bpb
+    device_batch_size: int = DEFAULT_DEVICE_BATCH  # rows per bpb batch
+    skip_core: bool = False  # only val bpb
+    skip_bpb: bool = False  # only CORE
+
+
+def validate(config: BaseEvalConfig) -> BaseEvalConfig:
+    """``config`` if every value is usable; a one-line JaxchatError naming the key otherwise."""
+    stages.check_checkpointed(config.source, "--source")
+    if config.step < -1:
+        raise JaxchatError(f"--step={config.step}: expected a checkpoint step >= 0, or -1 for the last")
+    if config.core_max_per_task == 0 or config.core_max_per_task < -1:
+        raise JaxchatError(f"--core_max_per_task={config.core_max_per_task}: expected -1 (all) or a positive number")
+    for key in ("bpb_tokens", "device_batch_size"):
+        if getattr(config, key) < 1:
+            raise JaxchatError(f"--{key}={getattr(config, key)}: expected a positive number")
+    if config.skip_core and config.skip_bpb:
+        raise JaxchatError("--skip_core and --skip_bpb together leave nothing to evaluate")
+    return config
 
 
 def val_bpb(graphdef: Any, params: Any, tokenizer: Any, *, seq_len: int, bpb_tokens: int = DEFAULT_BPB_TOKENS,
@@ -32,10 +73,6 @@ def val_bpb(graphdef: Any, params: Any, tokenizer: Any, *, seq_len: int, bpb_tok
     The val shard is the last ``shard_*.parquet`` of ``data_dir`` (default
     ``$JAXCHAT_HOME/base_data``), streamed by the pretraining pipeline in rows of ``seq_len``.
     """
-    from jaxchat.data.pretrain import val_batches
-    from jaxchat.data.shards import list_shards, split_shards
-    from jaxchat.eval.bpb import evaluate_bpb
-
     if bpb_tokens < 1 or device_batch_size < 1:
         raise JaxchatError(f"bpb_tokens={bpb_tokens} and device_batch_size={device_batch_size}: expected both > 0")
     _, val_paths = split_shards(list_shards(data_dir))
@@ -52,9 +89,6 @@ def evaluate_base(model: Any, tokenizer: Any, *, bpb_tokens: int = DEFAULT_BPB_T
 
     ``tasks`` maps each CORE task label to ``{"accuracy", "centered"}`` (empty with ``skip_core``).
     """
-    from jaxchat.eval.core import evaluate_core
-    from jaxchat.model import split_params
-
     graphdef, params = split_params(model)
     seq_len = model.config.sequence_len
     result: dict[str, Any] = {"val_bpb": None, "core": None, "tasks": {}}
@@ -98,8 +132,6 @@ def format_markdown(result: dict[str, Any], settings: dict[str, Any]) -> str:
 def write_report(stage: str, result: dict[str, Any], settings: dict[str, Any]) -> str:
     """Write the ``<stage>-eval`` report section; CORE (and val bpb) go to the stage's column of the
     report card's final table. Returns the file."""
-    from jaxchat.report import write_section
-
     metrics = {}
     if result.get("core") is not None:
         metrics["CORE"] = result["core"]
@@ -109,57 +141,34 @@ def write_report(stage: str, result: dict[str, Any], settings: dict[str, Any]) -
                              format_markdown(result, settings), metrics=metrics))
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m jaxchat.eval.base", description="val bpb and CORE (SPEC §5, §9)")
-    p.add_argument("-i", "--source", required=True, choices=STAGES, help="checkpoint stage to evaluate")
-    p.add_argument("-g", "--tag", default=None, help="model tag, e.g. d20 (default: the latest written)")
-    p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
-    p.add_argument("--core-max-per-task", type=int, default=-1, help="CORE items per task (-1: all)")
-    p.add_argument("--bpb-tokens", type=int, default=DEFAULT_BPB_TOKENS, help="val tokens for bpb")
-    p.add_argument("--device-batch-size", type=int, default=DEFAULT_DEVICE_BATCH, help="rows per bpb batch")
-    p.add_argument("--skip-core", action="store_true", help="only val bpb")
-    p.add_argument("--skip-bpb", action="store_true", help="only CORE")
-    return p.parse_args(argv)
+def run(config: BaseEvalConfig) -> dict[str, Any]:
+    """Load the checkpoint, evaluate it, print the table, write the report section; the result
+    (``evaluate_base``'s dict). Bad settings and missing data are refused before the model loads."""
+    validate(config)
+    if not config.skip_core:
+        load_bundle()
+    if not config.skip_bpb:
+        split_shards(list_shards())
+    model, tokenizer, meta = model_load.load_model(config.source, tag=config.tag or None,
+                                                   step=None if config.step == -1 else config.step)
+    result = evaluate_base(model, tokenizer, bpb_tokens=config.bpb_tokens, device_batch_size=config.device_batch_size,
+                           core_max_per_task=config.core_max_per_task, skip_core=config.skip_core,
+                           skip_bpb=config.skip_bpb)
+    print(format_table(result))
+    settings = {**evaluated_checkpoint(config.source, meta),
+                "CORE items per task": "all" if config.core_max_per_task == -1 else config.core_max_per_task}
+    if not config.skip_bpb:
+        settings["bpb tokens"] = f"{config.bpb_tokens:,}"
+    try:
+        print(f"report section written to {write_report(config.source, result, settings)}")
+    except JaxchatError as e:  # the results are printed above; say why the report has no section
+        raise JaxchatError(f"report not written: {e}") from e
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: load the checkpoint, evaluate, print the table, write the report section."""
-    args = parse_args(argv)
-    try:
-        if args.skip_core and args.skip_bpb:
-            raise JaxchatError("--skip-core and --skip-bpb together leave nothing to evaluate")
-        if args.core_max_per_task == 0 or args.core_max_per_task < -1:
-            raise JaxchatError(f"--core-max-per-task {args.core_max_per_task}: expected -1 (all) or a positive number")
-        # Missing data fails here, before the (slow) model load.
-        if not args.skip_core:
-            from jaxchat.eval.core import load_bundle
-
-            load_bundle()
-        if not args.skip_bpb:
-            from jaxchat.data.shards import list_shards, split_shards
-
-            split_shards(list_shards())
-        from jaxchat.checkpoint import evaluated_checkpoint, load_model
-
-        model, tokenizer, meta = load_model(args.source, tag=args.tag, step=args.step)
-        result = evaluate_base(model, tokenizer, bpb_tokens=args.bpb_tokens, device_batch_size=args.device_batch_size,
-                               core_max_per_task=args.core_max_per_task, skip_core=args.skip_core,
-                               skip_bpb=args.skip_bpb)
-    except JaxchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_table(result))
-    settings = {**evaluated_checkpoint(args.source, meta),
-                "CORE items per task": "all" if args.core_max_per_task == -1 else args.core_max_per_task}
-    if not args.skip_bpb:
-        settings["bpb tokens"] = f"{args.bpb_tokens:,}"
-    try:
-        print(f"report section written to {write_report(args.source, result, settings)}")
-    except JaxchatError as e:  # the results are printed above; say why the report has no section
-        print(f"error: report not written: {e}", file=sys.stderr)
-        return 1
-    return 0
+    """CLI entry (see the module docstring); the exit status (2 with one ``error:`` line)."""
+    return cli.main(run, BaseEvalConfig(), argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Validation metrics over token batches: bits per byte (SPEC §5) and mean loss (SFT val loss).
+"""Validation metrics over token batches: bits per byte (docs/DESIGN.md §5) and mean loss (SFT val loss).
 
 bpb = Σ loss_nats(target) / (ln 2 · Σ token_bytes[target]) over the targets whose token has at least
 one byte: special tokens (0 bytes) are left out of both sums, so the number does not depend on how
@@ -76,7 +76,7 @@ def _check_vocab(params: Any, token_bytes: np.ndarray) -> None:
 
 
 def evaluate_bpb(graphdef: nnx.GraphDef, params: Any, batches: Iterable[Batch], token_bytes: np.ndarray) -> float:
-    """Bits per byte of the model over ``batches`` (SPEC §5).
+    """Bits per byte of the model over ``batches`` (docs/DESIGN.md §5).
 
     Args:
       graphdef, params: the model, as from ``jaxchat.model.split_params`` (or the train state).

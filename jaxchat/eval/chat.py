@@ -1,4 +1,4 @@
-"""Chat evaluation (SPEC §9): ``python -m jaxchat.eval.chat -i sft -a all``.
+"""Chat evaluation (docs/DESIGN.md §9): ``python -m jaxchat.eval.chat --chat_eval.source=sft``.
 
 - Categorical tasks (ARC-Easy, ARC-Challenge, MMLU): render the prompt for completion, run the
   model once over a batch of prompts and, at each prompt's last position (where the answer comes
@@ -11,14 +11,19 @@
 
 Usage::
 
-    python -m jaxchat.eval.chat -i sft                      # all six tasks, ChatCORE
-    python -m jaxchat.eval.chat -i mid -a "ARC-Easy|MMLU" --max-problems 500
-    python -m jaxchat.eval.chat -i sft -a GSM8K --num-samples 4 --temperature 0.7
+    python -m jaxchat.eval.chat                             # latest sft checkpoint, all six tasks, ChatCORE
+    python -m jaxchat.eval.chat --chat_eval.source=mid --chat_eval.tasks=ARC-Easy,MMLU --chat_eval.max_problems=500
+    python -m jaxchat.eval.chat --chat_eval.tasks=GSM8K --chat_eval.num_samples=4 --chat_eval.temperature=0.7
+
+The settings are the ``chat_eval`` section of ``train.py`` (``--stage=chat_eval`` runs the same
+evaluation): ``chat_eval.source`` is the stage whose checkpoint is evaluated, ``chat_eval.tasks``
+``all`` or task names separated by commas, ``chat_eval.max_problems=-1`` every problem.
+``--tag=""`` and ``--step=-1`` pick the latest tag and step.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import logging
 import sys
@@ -30,9 +35,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
+from jaxchat import cli, stages
+from jaxchat.checkpoint import evaluated_checkpoint
 from jaxchat.common import JaxchatError
+from jaxchat.config import ChatEvalSection
+from jaxchat.engine import Engine
 from jaxchat.eval.core import buckets_for
+from jaxchat.model import load as model_load
+from jaxchat.model import split_params
+from jaxchat.report import write_section
+from jaxchat.tasks import ARC, GSM8K, MMLU, HumanEval, SpellingBee
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +54,20 @@ ALL_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "Spellin
 # Random-guess accuracy of each task, for ChatCORE's centring.
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0,
              "SpellingBee": 0.0}
-STAGES = ("base", "mid", "sft", "rl")
+PROG = "python -m jaxchat.eval.chat"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatEvalConfig:
+    """What ``python -m jaxchat.eval.chat`` evaluates (``chat_eval.source``), on which tasks, and how."""
+
+    tag: str = ""  # model tag, e.g. d20; "" = the latest written
+    step: int = -1  # checkpoint step; -1 = the last
+    chat_eval: ChatEvalSection = ChatEvalSection()
 
 
 def build_task(name: str) -> Any:
     """The eval split of chat task ``name`` (one of ``ALL_TASKS``), read from the local cache."""
-    from jaxchat.tasks import ARC, GSM8K, MMLU, HumanEval, SpellingBee
-
     factories: dict[str, Callable[[], Any]] = {
         "ARC-Easy": lambda: ARC("ARC-Easy", "test"),
         "ARC-Challenge": lambda: ARC("ARC-Challenge", "test"),
@@ -60,16 +81,16 @@ def build_task(name: str) -> Any:
     return factories[name]()
 
 
-def parse_task_names(spec: str) -> list[str]:
-    """``"all"`` or ``"|"``-separated task names → a list of names, checked and without repeats."""
+def parse_task_names(spec: str, key: str = "--chat_eval.tasks") -> list[str]:
+    """``"all"`` or task names separated by ``,`` (or ``|``) → a list of names, checked and without repeats."""
     if spec.strip() == "all":
         return list(ALL_TASKS)
-    names = [n.strip() for n in spec.split("|") if n.strip()]
+    names = [n.strip() for n in spec.replace("|", ",").split(",") if n.strip()]
     if not names:
-        raise JaxchatError(f"-a {spec!r}: expected task names separated by '|', or 'all'")
+        raise JaxchatError(f"{key}={spec!r}: expected 'all' or task names separated by commas")
     for name in names:
         if name not in ALL_TASKS:
-            raise JaxchatError(f"-a: unknown task {name!r}; expected one of {', '.join(ALL_TASKS)} or 'all'")
+            raise JaxchatError(f"{key}: unknown task {name!r}; expected 'all' or some of {','.join(ALL_TASKS)}")
     return list(dict.fromkeys(names))
 
 
@@ -80,8 +101,6 @@ def _num_problems(task: Any, max_problems: int | None) -> int:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
 
 
@@ -200,9 +219,6 @@ def evaluate_chat(model: Any, tokenizer: Any, task_names: Sequence[str], *, batc
 
     ChatCORE is computed only when all six tasks ran (it is defined over all of them).
     """
-    from jaxchat.engine import Engine
-    from jaxchat.model import split_params
-
     graphdef, params = split_params(model)
     engine = None
     results: dict[str, float] = {}
@@ -244,8 +260,6 @@ def format_markdown(result: dict[str, Any], settings: dict[str, Any]) -> str:
 def write_report(stage: str, result: dict[str, Any], settings: dict[str, Any]) -> str:
     """Write the ``chat-eval-<stage>`` report section; its accuracies (named as in the report card's
     table: ARC-Easy, …, ChatCORE) go to the stage's column of the final table. Returns the file."""
-    from jaxchat.report import write_section
-
     metrics = dict(result["tasks"])
     if result.get("chatcore") is not None:
         metrics["ChatCORE"] = result["chatcore"]
@@ -253,48 +267,52 @@ def write_report(stage: str, result: dict[str, Any], settings: dict[str, Any]) -
                              metrics=metrics))
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m jaxchat.eval.chat", description="Chat evaluation (SPEC §9)")
-    p.add_argument("-i", "--source", required=True, choices=STAGES, help="checkpoint stage to evaluate")
-    p.add_argument("-a", "--task-name", default="all",
-                   help="'all' or task names separated by '|': " + "|".join(ALL_TASKS))
-    p.add_argument("-g", "--tag", default=None, help="model tag, e.g. d20 (default: the only/largest)")
-    p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the last)")
-    p.add_argument("-x", "--max-problems", type=int, default=None, help="problems per task (default: all)")
-    p.add_argument("-n", "--num-samples", type=int, default=1, help="samples per generative problem (pass@k)")
-    p.add_argument("-t", "--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("-k", "--top-k", type=int, default=50, help="top-k sampling")
-    p.add_argument("-m", "--max-new-tokens", type=int, default=512, help="generation limit per completion")
-    p.add_argument("-b", "--batch-size", type=int, default=8, help="prompts per batch (categorical tasks)")
-    return p.parse_args(argv)
+def validate(config: ChatEvalConfig) -> list[str]:
+    """The task names of ``config`` if every value is usable; a one-line JaxchatError naming the key otherwise."""
+    section = config.chat_eval
+    stages.check_checkpointed(section.source, "--chat_eval.source")
+    if config.step < -1:
+        raise JaxchatError(f"--step={config.step}: expected a checkpoint step >= 0, or -1 for the last")
+    if section.max_problems == 0 or section.max_problems < -1:
+        raise JaxchatError(f"--chat_eval.max_problems={section.max_problems}: expected -1 (all) or a positive number")
+    for key in ("max_new_tokens", "batch_size", "num_samples"):
+        if getattr(section, key) < 1:
+            raise JaxchatError(f"--chat_eval.{key}={getattr(section, key)}: expected a positive number")
+    if not section.temperature >= 0:
+        raise JaxchatError(f"--chat_eval.temperature={section.temperature:g}: expected a number >= 0 (0 = greedy)")
+    if section.top_k < 0:
+        raise JaxchatError(f"--chat_eval.top_k={section.top_k}: expected a number >= 1, or 0 for the whole vocabulary")
+    return parse_task_names(section.tasks)
+
+
+def run(config: ChatEvalConfig) -> dict[str, Any]:
+    """Load the checkpoint, evaluate it, print the table, write the report section; the result
+    (``evaluate_chat``'s dict). Bad settings and missing task data are refused before the model loads."""
+    names = validate(config)
+    section = config.chat_eval
+    tasks = {name: build_task(name) for name in names}  # missing data fails before the model loads
+
+    model, tokenizer, meta = model_load.load_model(section.source, tag=config.tag or None,
+                                                   step=None if config.step == -1 else config.step)
+    max_problems = None if section.max_problems == -1 else section.max_problems
+    result = evaluate_chat(model, tokenizer, names, batch_size=section.batch_size, num_samples=section.num_samples,
+                           max_new_tokens=section.max_new_tokens, temperature=section.temperature,
+                           top_k=section.top_k or None, max_problems=max_problems, build=tasks.__getitem__)
+    print(format_table(result))
+    settings = {**evaluated_checkpoint(section.source, meta),
+                "max_problems": max_problems or "all", "num_samples": section.num_samples,
+                "temperature": section.temperature, "top_k": section.top_k or "all",
+                "max_new_tokens": section.max_new_tokens}
+    try:
+        print(f"report section written to {write_report(section.source, result, settings)}")
+    except JaxchatError as e:  # the results are printed above; say why the report has no section
+        raise JaxchatError(f"report not written: {e}") from e
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: load the checkpoint, evaluate, print the table, write the report section."""
-    args = parse_args(argv)
-    try:
-        names = parse_task_names(args.task_name)
-        tasks = {name: build_task(name) for name in names}  # missing data fails before the model loads
-        from jaxchat.checkpoint import evaluated_checkpoint, load_model
-
-        model, tokenizer, meta = load_model(args.source, tag=args.tag, step=args.step)
-        result = evaluate_chat(model, tokenizer, names, batch_size=args.batch_size, num_samples=args.num_samples,
-                               max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                               top_k=args.top_k, max_problems=args.max_problems, build=tasks.__getitem__)
-    except JaxchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_table(result))
-    settings = {**evaluated_checkpoint(args.source, meta),
-                "max_problems": args.max_problems or "all", "num_samples": args.num_samples,
-                "temperature": args.temperature, "top_k": args.top_k, "max_new_tokens": args.max_new_tokens}
-    try:
-        print(f"report section written to {write_report(args.source, result, settings)}")
-    except JaxchatError as e:  # the results are printed above; say why the report has no section
-        print(f"error: report not written: {e}", file=sys.stderr)
-        return 1
-    return 0
+    """CLI entry (see the module docstring); the exit status (2 with one ``error:`` line)."""
+    return cli.main(run, ChatEvalConfig(), argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":

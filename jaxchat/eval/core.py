@@ -1,4 +1,4 @@
-"""The CORE metric (DCLM, SPEC §9, §12): 22 in-context tasks scored by per-option loss.
+"""The CORE metric (DCLM, docs/DESIGN.md §9, §12): 22 in-context tasks scored by per-option loss.
 
 Follows nanochat's ``core_eval.py`` / ``base_eval.py`` exactly where it matters for the number:
 
@@ -49,7 +49,7 @@ from jaxchat.model.gpt import cross_entropy
 logger = logging.getLogger(__name__)
 
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
-# Fields each task type's items must have (DCLM formats, SPEC §12).
+# Fields each task type's items must have (DCLM formats, docs/DESIGN.md §12).
 ITEM_FIELDS = {
     "multiple_choice": ("query", "choices", "gold"),
     "schema": ("context_options", "continuation", "gold"),
@@ -155,7 +155,7 @@ _BUNDLE_CACHE: dict[str, tuple[tuple, list[CoreTask]]] = {}
 
 
 def _read_bundle(root: Path) -> list[CoreTask]:
-    import yaml  # only the CORE eval needs it
+    import yaml  # lazy: only the CORE eval needs it
 
     config_path = root / "core.yaml"
     try:
@@ -386,7 +386,7 @@ def centered(accuracy: float, random_baseline_percent: float) -> float:
 def evaluate_core(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, bundle_dir: Path | None = None,
                   max_per_task: int = -1, seq_len: int | None = None, progress: bool = True,
                   tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> dict[str, Any]:
-    """The CORE metric of a model (SPEC §9).
+    """The CORE metric of a model (docs/DESIGN.md §9).
 
     Args:
       graphdef, params: the model (``jaxchat.model.split_params``).

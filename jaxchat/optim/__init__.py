@@ -1,4 +1,4 @@
-"""The nanochat recipe's optimizer (Muon + AdamW, SPEC §4) and LR / momentum schedules (SPEC §5–§7)."""
+"""The nanochat recipe's optimizer (Muon + AdamW, docs/DESIGN.md §4) and LR / momentum schedules (docs/DESIGN.md §5–§7)."""
 
 from jaxchat.optim.muon import MuonState, muon, newton_schulz
 from jaxchat.optim.optimizer import (OptimConfig, base_lrs, current_lrs, learning_rates, make_optimizer,

@@ -1,4 +1,4 @@
-"""nanochat's optimizer split (SPEC §4): AdamW for wte / lm_head, Muon for every matrix in the blocks.
+"""nanochat's optimizer split (docs/DESIGN.md §4): AdamW for wte / lm_head, Muon for every matrix in the blocks.
 
 Built from optax pieces: ``clip_by_global_norm`` (global over all params, before the split), then
 ``multi_transform`` over three groups, each wrapped in ``inject_hyperparams`` so the current learning
@@ -25,16 +25,16 @@ GROUPS = ("embedding", "unembedding", "matrix")
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer hyperparameters; defaults are nanochat's base training (SPEC §4).
+    """Optimizer hyperparameters; defaults are nanochat's base training (docs/DESIGN.md §4).
 
     - ``embedding_lr`` 0.2, ``unembedding_lr`` 0.004: AdamW LRs of wte / lm_head at model_dim 768;
       multiplied by s = (model_dim/768)^−0.5 (nanochat ``GPT.setup_optimizers``, dmodel_lr_scale).
     - ``matrix_lr`` 0.02: Muon LR of every block matrix, not scaled by s.
     - ``adam_betas`` (0.8, 0.95), ``adam_eps`` 1e-10: nanochat's AdamW settings.
     - ``weight_decay`` 0.0: AdamW (decoupled, torch semantics: p −= lr·wd·p); nanochat's Muon has none.
-    - ``init_lr_frac``: multiplies every base LR (1.0 in base/mid; SFT uses 0.02, SPEC §7).
-    - ``grad_clip``: global-norm clipping threshold, 1.0 in base training (SPEC §4); None = no
-      clipping (SFT, SPEC §7).
+    - ``init_lr_frac``: multiplies every base LR (1.0 in base/mid; SFT uses 0.02, docs/DESIGN.md §7).
+    - ``grad_clip``: global-norm clipping threshold, 1.0 in base training (docs/DESIGN.md §4); None = no
+      clipping (SFT, docs/DESIGN.md §7).
     - ``ns_steps`` 5 Newton–Schulz iterations in ``ns_dtype`` (bfloat16 as in nanochat; float32 only
       for exact comparisons in tests).
     """

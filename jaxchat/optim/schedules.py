@@ -1,4 +1,4 @@
-"""Learning-rate multipliers and the Muon momentum schedule of the three training stages (SPEC §5–§7).
+"""Learning-rate multipliers and the Muon momentum schedule of the three training stages (docs/DESIGN.md §5–§7).
 
 Each factory returns a pure function of the optimizer step that uses only ``jnp`` ops, so it works
 both on a Python int (logging) and on a traced int32 step inside ``jax.jit`` (optax evaluates
@@ -23,7 +23,7 @@ def _as_float(step: Step) -> jax.Array:
 
 def base_lr_multiplier(num_iterations: int, warmup_ratio: float = 0.0, warmdown_ratio: float = 0.2,
                        final_lr_frac: float = 0.0) -> Schedule:
-    """Base training (SPEC §5, nanochat ``base_train.get_lr_multiplier``).
+    """Base training (docs/DESIGN.md §5, nanochat ``base_train.get_lr_multiplier``).
 
     ``warmup_iters = round(warmup_ratio·N)``, ``warmdown_iters = round(warmdown_ratio·N)``;
     step < warmup → (step+1)/warmup_iters; step ≤ N − warmdown → 1; otherwise
@@ -48,7 +48,7 @@ def base_lr_multiplier(num_iterations: int, warmup_ratio: float = 0.0, warmdown_
 
 
 def mid_lr_multiplier(num_iterations: int) -> Schedule:
-    """Midtraining (SPEC §6): 1 until 80 % of the run, then linear to 0 at the end.
+    """Midtraining (docs/DESIGN.md §6): 1 until 80 % of the run, then linear to 0 at the end.
 
     progress = step/num_iterations; 1 if progress < 0.8 else 1 − (progress − 0.8)/0.2, clamped ≥ 0.
     Upstream once had this rising after 80 % (nanochat bug b8076dd); ours decays.
@@ -62,7 +62,7 @@ def mid_lr_multiplier(num_iterations: int) -> Schedule:
 
 
 def sft_lr_multiplier(num_iterations: int) -> Schedule:
-    """SFT (SPEC §7): linear decay from 1 at step 0 to 0 at ``num_iterations`` (clamped ≥ 0).
+    """SFT (docs/DESIGN.md §7): linear decay from 1 at step 0 to 0 at ``num_iterations`` (clamped ≥ 0).
 
     The 0.02 ``init_lr_frac`` of SFT lives in ``OptimConfig``, not here.
     """
@@ -74,7 +74,7 @@ def sft_lr_multiplier(num_iterations: int) -> Schedule:
 
 
 def muon_momentum_warmup(warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> Schedule:
-    """Muon momentum in base and mid training (SPEC §4): linear start → end over ``warmup_steps``.
+    """Muon momentum in base and mid training (docs/DESIGN.md §4): linear start → end over ``warmup_steps``.
 
     nanochat: ``frac = min(step/300, 1); momentum = (1 − frac)·0.85 + frac·0.95``. For SFT's constant
     0.95, pass the float itself to the optimizer instead of a schedule.

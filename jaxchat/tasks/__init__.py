@@ -1,4 +1,4 @@
-"""Chat tasks (SPEC §8): datasets of conversations with evaluators, views and mixtures.
+"""Chat tasks (docs/DESIGN.md §8): datasets of conversations with evaluators, views and mixtures.
 
 Every task reads only the local cache written by ``python -m jaxchat.data.download`` and raises a
 JaxchatError with that command when its files are missing.

@@ -27,7 +27,7 @@ def load_split(name: str, config: str | None, split: str, home: str | Path | Non
     missing or unreadable.
     """
     path = require_task_file(name, config, split, home)
-    from datasets import load_dataset  # imported lazily: it is slow to import
+    from datasets import load_dataset  # lazy: slow to import, only reading a task file needs it
     from datasets import utils as hf_utils
 
     # A local file is converted in a blink: datasets' "Generating train split" bars are only noise

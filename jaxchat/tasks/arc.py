@@ -44,7 +44,7 @@ def _row_problem(question: str | None, choices: dict | None, answer: str | None)
 
 
 class ARC(DatasetTask):
-    """ARC questions rendered as multiple choice (SPEC §8) with the dataset's own labels as letters."""
+    """ARC questions rendered as multiple choice (docs/DESIGN.md §8) with the dataset's own labels as letters."""
 
     def __init__(self, subset: str, split: str, *, home: str | Path | None = None, **view: int | None):
         super().__init__(**view)

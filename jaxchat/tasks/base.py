@@ -1,4 +1,4 @@
-"""The Task abstraction (SPEC §8): an indexable list of conversations, with views and mixtures.
+"""The Task abstraction (docs/DESIGN.md §8): an indexable list of conversations, with views and mixtures.
 
 A conversation is ``{"messages": [{"role": ..., "content": ...}, ...], **extras}`` as rendered by
 ``jaxchat.tokenizer.render``; eval tasks add keys their evaluator needs (``letters``, ``test``...).
@@ -163,7 +163,7 @@ class TaskSequence(Task):
 
 
 def render_mc(question: str, letters: Sequence[str], choices: Sequence[str]) -> str:
-    """The multiple-choice prompt of SPEC §8 (nanochat's ``render_mc``).
+    """The multiple-choice prompt of docs/DESIGN.md §8 (nanochat's ``render_mc``).
 
     The letter comes AFTER its choice and right after ``=`` (no space): small models bind a choice
     to its letter better that way, and "A" and " A" are different tokens while the answer is "A".

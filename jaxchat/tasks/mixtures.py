@@ -1,4 +1,4 @@
-"""The task mixtures of the recipe (SPEC §6, §7), by name, so every stage and test builds the same ones.
+"""The task mixtures of the recipe (docs/DESIGN.md §6, §7), by name, so every stage and test builds the same ones.
 
 ``scale`` multiplies every row count that the recipe fixes (synthetic task sizes and ``stop``
 limits; at least 1 each) so that tests can build the same structure on tiny fixture data; datasets
@@ -75,7 +75,7 @@ def sft_train_mixture(scale: float = 1.0, home: str | Path | None = None) -> Tas
 
 
 def sft_val_tasks(scale: float = 1.0, home: str | Path | None = None) -> dict[str, Task]:
-    """SFT validation (SPEC §7): ``loss`` (SmolTalk test, val loss every 100 steps) and the accuracy
+    """SFT validation (docs/DESIGN.md §7): ``loss`` (SmolTalk test, val loss every 100 steps) and the accuracy
     tasks run every 200 steps, ``mmlu`` (MMLU all/test) and ``arc_easy`` (ARC-Easy test), each cut
     to its first 1024 (scaled) examples."""
     cap = _n(1024, scale)

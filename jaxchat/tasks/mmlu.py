@@ -41,7 +41,7 @@ def _unwrap(table: pa.Table) -> pa.Table:
 
 
 class MMLU(DatasetTask):
-    """MMLU questions rendered as multiple choice (SPEC §8); answers are the letters A–D."""
+    """MMLU questions rendered as multiple choice (docs/DESIGN.md §8); answers are the letters A–D."""
 
     letters = ("A", "B", "C", "D")
 

@@ -1,4 +1,4 @@
-"""Synthetic spelling tasks built from words_alpha.txt (SPEC §8), generated deterministically.
+"""Synthetic spelling tasks built from words_alpha.txt (docs/DESIGN.md §8), generated deterministically.
 
 - ``SpellingBee``: "How many r are in strawberry?" → spell the word out, count letter by letter,
   double-check with a python ``'word'.count('r')`` call, then ``#### N``.

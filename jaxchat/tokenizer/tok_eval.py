@@ -1,6 +1,11 @@
 """Compression (bytes per token) of our tokenizer vs GPT-2 and GPT-4, as a markdown table.
 
     python -m jaxchat.tokenizer.tok_eval
+    python -m jaxchat.tokenizer.tok_eval --tokenizer_dir=DIR --sample_chars=100000
+
+``--tokenizer_dir=""`` reads ``$JAXCHAT_HOME/tokenizer``, ``--data_dir=""`` ``$JAXCHAT_HOME/base_data``;
+``--sample_chars`` characters are taken from each shard. The table is printed and put in the
+"Tokenizer evaluation" section of ``$JAXCHAT_HOME/report/tokenizer.md``.
 
 Texts: the built-in samples of ``eval_texts`` plus the start of the first train shard and of the
 val shard. GPT-2 / GPT-4 (``cl100k_base``) come from tiktoken, which downloads them on first use
@@ -10,7 +15,7 @@ instead of hanging.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
 import os
 import socket
@@ -23,11 +28,25 @@ from typing import Any
 
 import tiktoken
 
+from jaxchat import cli
 from jaxchat.common import JaxchatError
 from jaxchat.data.shards import iter_texts, list_shards, split_shards
 from jaxchat.report import write_section
 from jaxchat.tokenizer import Tokenizer, load_tokenizer
 from jaxchat.tokenizer.eval_texts import EVAL_TEXTS
+
+PROG = "python -m jaxchat.tokenizer.tok_eval"
+HEADING = "Tokenizer evaluation"  # its section of the tokenizer stage's report
+
+
+@dataclasses.dataclass(frozen=True)
+class TokEvalConfig:
+    """Which tokenizer ``python -m jaxchat.tokenizer.tok_eval`` evaluates, on which shards."""
+
+    tokenizer_dir: str = ""  # "" = $JAXCHAT_HOME/tokenizer
+    data_dir: str = ""  # shard directory; "" = $JAXCHAT_HOME/base_data
+    sample_chars: int = 1_000_000  # characters taken from the first train shard and from the val shard
+
 
 # Reference encodings: display name → (tiktoken name, files tiktoken fetches for it).
 _BLOB = "https://openaipublic.blob.core.windows.net"
@@ -148,22 +167,21 @@ def evaluate(
     return "\n\n".join([head, table, *[n for n in notes if n]])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: print the table and put it in ``$JAXCHAT_HOME/report/tokenizer.md``; exit 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m jaxchat.tokenizer.tok_eval", description=__doc__.split("\n")[0])
-    parser.add_argument("--tokenizer-dir", type=Path, default=None, help="default $JAXCHAT_HOME/tokenizer")
-    parser.add_argument("--data-dir", type=Path, default=None, help="default $JAXCHAT_HOME/base_data")
-    parser.add_argument("--sample-chars", type=int, default=1_000_000, help="characters taken from each shard")
-    args = parser.parse_args(argv)
-    try:
-        section = evaluate(load_tokenizer(args.tokenizer_dir), args.data_dir, args.sample_chars)
-    except JaxchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def run(config: TokEvalConfig) -> str:
+    """Evaluate, print the section and write it to the report; returns the section (markdown)."""
+    if config.sample_chars < 1:
+        raise JaxchatError(f"--sample_chars={config.sample_chars}: expected a positive number")
+    section = evaluate(load_tokenizer(config.tokenizer_dir or None), config.data_dir or None, config.sample_chars)
     print(section)
-    path = write_section("tokenizer", "Tokenizer evaluation", section)
+    path = write_section("tokenizer", HEADING, section)
     print(f"\nwritten to {path}")
+    return section
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; the exit status (2 with a one-line ``error: ...`` on bad input)."""
+    return cli.main(run, TokEvalConfig(), argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

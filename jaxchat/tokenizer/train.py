@@ -1,14 +1,18 @@
 """The tokenizer stage: train BPE on the first characters of the TRAIN shards, save it, report.
 
-    python -m jaxchat.tokenizer.train [--max-chars 2000000000] [--doc-cap 10000] [--vocab-size 65536]
+    python -m jaxchat.tokenizer.train                                       # the d20 recipe's tokenizer
+    python -m jaxchat.tokenizer.train --tokenizer.vocab_size=8192 --tokenizer.max_chars=50_000_000
 
-The validation shard (the last one) is never read. The result goes to ``$JAXCHAT_HOME/tokenizer``;
-the save is atomic, so an interrupted run never leaves a tokenizer that loads half-written.
+The ``tokenizer`` section is the one of ``train.py`` (``--stage=tokenizer`` runs the same training):
+``vocab_size`` (special tokens included), ``max_chars`` characters to train on, each document cut to
+``doc_cap`` characters. ``--data_dir=""`` reads ``$JAXCHAT_HOME/base_data``; ``--out_dir=""`` writes
+``$JAXCHAT_HOME/tokenizer``. The validation shard (the last one) is never read. The save is atomic,
+so an interrupted run never leaves a tokenizer that loads half-written.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -17,11 +21,25 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from jaxchat import cli, stages
 from jaxchat.common import JaxchatError
+from jaxchat.config import TokenizerSection
 from jaxchat.data.shards import iter_texts, list_shards, split_shards
 from jaxchat.report import write_section
 from jaxchat.tokenizer import default_tokenizer_dir
 from jaxchat.tokenizer.bpe import SPECIAL_TOKENS, Tokenizer
+from jaxchat.tokenizer.constants import MIN_VOCAB_SIZE
+
+PROG = "python -m jaxchat.tokenizer.train"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerTrainConfig:
+    """What ``python -m jaxchat.tokenizer.train`` trains, from where, to where."""
+
+    data_dir: str = ""  # shard directory; "" = $JAXCHAT_HOME/base_data
+    out_dir: str = ""  # where the tokenizer is saved; "" = $JAXCHAT_HOME/tokenizer
+    tokenizer: TokenizerSection = TokenizerSection()
 
 
 def train_tokenizer(
@@ -66,7 +84,7 @@ def train_tokenizer(
         raise JaxchatError(f"{out}: the saved tokenizer does not load back identically")
     summary = _summary(tokenizer, out, train_s, seen["chars"], seen["docs"], max_chars, doc_cap)
     print(summary)
-    write_section("tokenizer", "Tokenizer training", summary, fresh=True)
+    write_section("tokenizer", stages.get("tokenizer").title, summary, fresh=True)
     return tokenizer
 
 
@@ -87,24 +105,30 @@ def _summary(tok: Tokenizer, out: Path, seconds: float, chars: int, docs: int, m
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI entry point. Exits with status 2 and a one-line ``error: ...`` on bad input or data."""
-    parser = argparse.ArgumentParser(prog="python -m jaxchat.tokenizer.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--max-chars", type=int, default=2_000_000_000, help="characters to train on")
-    parser.add_argument("--doc-cap", type=int, default=10_000, help="cut each document to this many characters")
-    parser.add_argument("--vocab-size", type=int, default=65536, help="vocabulary size, 9 special tokens included")
-    parser.add_argument("--data-dir", type=Path, default=None, help="shard directory (default $JAXCHAT_HOME/base_data)")
-    parser.add_argument("--out-dir", type=Path, default=None, help="output (default $JAXCHAT_HOME/tokenizer)")
-    args = parser.parse_args(argv)
-    try:
-        train_tokenizer(args.max_chars, args.doc_cap, args.vocab_size, args.data_dir, args.out_dir)
-    except JaxchatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted before the new tokenizer was completely saved", file=sys.stderr)
-        sys.exit(130)
+def validate(config: TokenizerTrainConfig) -> TokenizerTrainConfig:
+    """``config`` if every value is usable; a one-line JaxchatError naming the key otherwise."""
+    section = config.tokenizer
+    if section.vocab_size < MIN_VOCAB_SIZE:
+        raise JaxchatError(f"--tokenizer.vocab_size={section.vocab_size}: expected at least {MIN_VOCAB_SIZE} "
+                           f"(256 byte tokens + {len(SPECIAL_TOKENS)} special tokens)")
+    for key in ("max_chars", "doc_cap"):
+        if getattr(section, key) < 1:
+            raise JaxchatError(f"--tokenizer.{key}={getattr(section, key)}: expected a positive number")
+    return config
+
+
+def run(config: TokenizerTrainConfig) -> Tokenizer:
+    """Train, save and report the tokenizer ``config`` describes (``train_tokenizer``); returns it."""
+    validate(config)
+    section = config.tokenizer
+    return train_tokenizer(section.max_chars, section.doc_cap, section.vocab_size, config.data_dir or None,
+                           config.out_dir or None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; the exit status (2 with a one-line ``error: ...`` on bad input or data)."""
+    return cli.main(run, TokenizerTrainConfig(), argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Stage 1, base pretraining on FineWeb-Edu (SPEC §5): ``python train.py --stage=base``.
+"""Stage 1, base pretraining on FineWeb-Edu (docs/DESIGN.md §5): ``python train.py --stage=base``.
 
 Horizon: ``base.num_iterations``, else ``base.target_flops``, else ``target_param_data_ratio`` × params
 tokens (Chinchilla 20×). Every ``eval_every`` steps val bpb on the last shard, every ``core_every``
@@ -30,7 +30,7 @@ SAMPLE_PROMPTS = (  # nanochat's base_train prompts
 
 
 def horizon(cfg: RunConfig, model_config: GPTConfig) -> tuple[int, str]:
-    """(number of optimizer steps, how it was chosen) — SPEC §5."""
+    """(number of optimizer steps, how it was chosen) — docs/DESIGN.md §5."""
     section = cfg.base
     if section.num_iterations > 0:
         return section.num_iterations, "base.num_iterations"
@@ -39,7 +39,7 @@ def horizon(cfg: RunConfig, model_config: GPTConfig) -> tuple[int, str]:
         return max(1, steps), f"target_flops {section.target_flops:.2e}"
     if section.target_param_data_ratio > 0:
         tokens = section.target_param_data_ratio * num_params(model_config)
-        return max(1, tokens // section.total_batch_size), f"{section.target_param_data_ratio:g}× params tokens"
+        return max(1, int(tokens // section.total_batch_size)), f"{section.target_param_data_ratio:g}× params tokens"
     raise JaxchatError("base: set one of base.num_iterations, base.target_flops, base.target_param_data_ratio > 0")
 
 

@@ -11,47 +11,41 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
+from jaxchat import stages
 from jaxchat.config import RunConfig, to_dict
 from jaxchat.model import GPT, GPTConfig
 from jaxchat.optim import OptimConfig, make_optimizer, muon_momentum_warmup
+from jaxchat.runtime import Runtime
 from jaxchat.training.step import TrainState, init_train_state
 
 
-def compute_dtype(name: str) -> Any:
-    """'auto' → bfloat16 on GPU, float32 elsewhere (XLA:CPU has no fast bf16 matmuls)."""
-    if name == "auto":
-        return jnp.bfloat16 if jax.default_backend() == "gpu" else jnp.float32
-    return jnp.dtype(name)
-
-
-def build_model(model_config: GPTConfig, cfg: RunConfig, *, abstract: bool = False) -> tuple[nnx.GraphDef, Any]:
-    """``(graphdef, params)`` of a fresh GPT (seeded by ``cfg.seed``); ``abstract=True`` gives
-    ShapeDtypeStructs instead of arrays (restore targets: nothing is initialised)."""
-    dtype = compute_dtype(cfg.model.dtype)
+def build_model(model_config: GPTConfig, cfg: RunConfig, runtime: Runtime, *,
+                abstract: bool = False) -> tuple[nnx.GraphDef, Any]:
+    """``(graphdef, params)`` of a fresh GPT (seeded by ``cfg.seed``) that runs as ``runtime`` says;
+    ``abstract=True`` gives ShapeDtypeStructs instead of arrays (restore targets: nothing is initialised)."""
 
     def create() -> GPT:
-        return GPT(model_config, dtype=dtype, remat=cfg.model.remat, rngs=nnx.Rngs(cfg.seed))
+        return GPT(model_config, runtime=runtime, rngs=nnx.Rngs(cfg.seed))
 
     graphdef, state = nnx.split(nnx.eval_shape(create) if abstract else create())
     return graphdef, nnx.to_pure_dict(state)
 
 
 def build_optimizer(params: Any, model_config: GPTConfig, cfg: RunConfig, stage: str):
-    """nanochat's optimizer for ``stage`` (SPEC §4–§7). The LR multiplier is passed per step to the
-    train step, so the optimizer is built at multiplier 1."""
-    sft = stage == "sft"
+    """nanochat's optimizer (docs/DESIGN.md §4) with ``stage``'s overrides from the stage registry.
+    The LR multiplier is passed per step to the train step, so the optimizer is built at multiplier 1."""
+    overrides = stages.get(stage).optimizer
     optim = OptimConfig(
         embedding_lr=cfg.optim.embedding_lr,
         unembedding_lr=cfg.optim.unembedding_lr,
         matrix_lr=cfg.optim.matrix_lr,
         weight_decay=cfg.optim.weight_decay,
-        init_lr_frac=cfg.sft.init_lr_frac if sft else 1.0,
-        grad_clip=None if sft or cfg.optim.grad_clip == 0 else cfg.optim.grad_clip,
+        init_lr_frac=overrides.lr_frac(cfg),
+        grad_clip=cfg.optim.grad_clip if overrides.clip_gradients and cfg.optim.grad_clip > 0 else None,
     )
-    momentum = 0.95 if sft else muon_momentum_warmup()  # SFT: constant 0.95 (SPEC §7)
+    momentum = muon_momentum_warmup() if overrides.muon_momentum is None else overrides.muon_momentum
     return make_optimizer(params, model_config.n_embd, optim, 1.0, momentum)
 
 

@@ -144,17 +144,6 @@ def _due(spec: LoopSpec, done: int) -> bool:
     return any(every > 0 and done % every == 0 for every, _ in spec.eval_hooks)
 
 
-def peak_flops() -> float | None:
-    """bf16 dense peak of the first device if it is a known GPU (for MFU), else None."""
-    device = jax.devices()[0]
-    if device.platform != "gpu":
-        return None
-    for name, peak in {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}.items():
-        if name in device.device_kind:
-            return peak
-    return None
-
-
 def estimate_time(total_flops: float, peak: float | None, mfu: float = 0.4) -> str:
     """Wall-time estimate for the plan, at ``mfu`` of a known peak."""
     if peak is None:

@@ -1,4 +1,4 @@
-"""Stage 2, midtraining on the task mixture (SPEC §6): ``python train.py --stage=mid``.
+"""Stage 2, midtraining on the task mixture (docs/DESIGN.md §6): ``python train.py --stage=mid``.
 
 Starts from the latest base checkpoint of the tag (``--source_tag``/``--source_step`` to choose),
 with a fresh optimizer and base's LRs. One epoch of the mixture, conversations packed into rows
@@ -40,7 +40,7 @@ def train_mid(cfg: RunConfig) -> dict[str, Any]:
                    max(1, section.eval_tokens // (rows * seq)))
     stage.add_eval(section.eval_every, lambda state: {"val_bpb": stage.bpb(state, val)})
 
-    # SPEC §6 on the fraction of the run done: the epoch's progress, or the steps' when
+    # docs/DESIGN.md §6 on the fraction of the run done: the epoch's progress, or the steps' when
     # mid.num_iterations caps the run earlier — whichever ends first (mid_lr_multiplier(1) maps a
     # fraction in [0, 1] to 1 until 0.8, then linearly to 0).
     schedule = mid_lr_multiplier(1)

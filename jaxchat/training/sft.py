@@ -1,4 +1,4 @@
-"""Stage 3, supervised fine-tuning (SPEC §7): ``python train.py --stage=sft``.
+"""Stage 3, supervised fine-tuning (docs/DESIGN.md §7): ``python train.py --stage=sft``.
 
 Starts from the latest mid checkpoint, LRs at 0.02 of base's decaying linearly to 0, Muon momentum
 0.95, no clipping, one epoch of the SFT mixture, one conversation per row (padded, only the

@@ -12,27 +12,38 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from flax import nnx
 
-from jaxchat import sharding
-from jaxchat.checkpoint import (StageCheckpointer, check_compatible, checkpoint_dir, complete_steps, find_checkpoint,
-                                load_params, read_meta)
+from jaxchat import host_memory, runtime, sharding, stages
+from jaxchat.checkpoint import StageCheckpointer, checkpoint_dir, complete_steps, find_checkpoint, load_params, read_meta
 from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.config import RunConfig
 from jaxchat.data.cache import EVAL_BUNDLE_DIR, download_command
+from jaxchat.data.prefetch import device_prefetch
+from jaxchat.engine import Engine
+from jaxchat.eval.bpb import evaluate_bpb, evaluate_loss
+from jaxchat.eval.chat import run_categorical
+from jaxchat.eval.core import evaluate_core
 from jaxchat.metrics_log import MetricsLogger
 from jaxchat.model import GPTConfig, estimate_flops, num_params
-from jaxchat.training.build import abstract_state, build_model, build_optimizer, checkpoint_meta, compute_dtype
-from jaxchat.training.loop import LoopSpec, estimate_time, format_plan, peak_flops, run_loop
+from jaxchat.model.load import check_compatible
+from jaxchat.report import write_section
+from jaxchat.training.build import abstract_state, build_model, build_optimizer, checkpoint_meta
+from jaxchat.training.loop import LoopSpec, estimate_time, format_plan, run_loop
 from jaxchat.training.step import TrainState, init_train_state, make_train_step
-
-PREVIOUS_STAGE = {"mid": "base", "sft": "mid"}
 
 
 class Stage:
-    """A stage run for ``cfg.run_tag``: writes ``checkpoints/<name>/<tag>/<step>`` and its report section."""
+    """A stage run for ``cfg.run_tag``: writes ``checkpoints/<name>/<tag>/<step>`` and its report section.
 
-    def __init__(self, name: str, cfg: RunConfig, model_config: GPTConfig | None, tokenizer):
+    ``runtime`` is the plan the model runs under (default: resolved for this machine from ``cfg.model``).
+    """
+
+    def __init__(self, name: str, cfg: RunConfig, model_config: GPTConfig | None, tokenizer,
+                 plan: runtime.Runtime | None = None):
         self.name, self.cfg, self.tokenizer = name, cfg, tokenizer
+        self.spec = stages.get(name)
+        self.runtime = plan or runtime.for_this_machine(cfg.model)
         self.model_config = model_config
         self.directory = checkpoint_dir(name, cfg.run_tag)
         steps = complete_steps(self.directory) if self.directory.is_dir() else []
@@ -51,13 +62,13 @@ class Stage:
 
     def init_fresh(self) -> None:
         """A newly initialised model (base training)."""
-        self.graphdef, self.params = build_model(self.model_config, self.cfg)
+        self.graphdef, self.params = build_model(self.model_config, self.cfg, self.runtime)
         self.tx = build_optimizer(self.params, self.model_config, self.cfg, self.name)
 
     def init_from_previous_stage(self) -> None:
         """Params of the previous stage's checkpoint (latest, or ``--source_tag/--source_step``) and a
         fresh optimizer. Refuses a missing checkpoint or one made with another tokenizer."""
-        previous = PREVIOUS_STAGE[self.name]
+        previous = self.spec.starts_from
         tag = self.cfg.source_tag or self.cfg.run_tag
         step = self.cfg.source_step if self.cfg.source_step >= 0 else None
         path, step = find_checkpoint(previous, tag, step)
@@ -66,7 +77,7 @@ class Stage:
         # The context length is not a parameter (rotary is computed): the stage may choose its own.
         self.model_config = GPTConfig(**{**meta["model_config"], "sequence_len": self.cfg.model.sequence_len})
         check_compatible(meta, source_config, self.tokenizer)
-        graphdef, abstract = build_model(self.model_config, self.cfg, abstract=True)
+        graphdef, abstract = build_model(self.model_config, self.cfg, self.runtime, abstract=True)
         self.graphdef = graphdef
         if self.resume_step is None:  # on resume the params come from this stage's own checkpoint
             self.params, _ = load_params(previous, tag, step, abstract_params=abstract)
@@ -87,28 +98,18 @@ class Stage:
         self.evals.append((every, fn))
 
     def bpb(self, state: TrainState, batches: list[dict[str, np.ndarray]]) -> float:
-        from jaxchat.eval.bpb import evaluate_bpb
-
         return evaluate_bpb(self.graphdef, state.params, batches, self.tokenizer.token_bytes)
 
     def loss(self, state: TrainState, batches: list[dict[str, np.ndarray]]) -> float:
-        from jaxchat.eval.bpb import evaluate_loss
-
         return evaluate_loss(self.graphdef, state.params, batches)
 
     def core(self, state: TrainState, max_per_task: int) -> dict[str, float]:
-        from jaxchat.eval.core import evaluate_core
-
         result = evaluate_core(self.graphdef, state.params, self.tokenizer, max_per_task=max_per_task,
                                seq_len=self.model_config.sequence_len, progress=False)
         return {"core": result["core"]}
 
     def samples(self, state: TrainState, prompts: tuple[str, ...], max_tokens: int = 16) -> dict[str, float]:
         """Greedy completions of ``prompts``, printed (no metric)."""
-        from flax import nnx
-
-        from jaxchat.engine import Engine
-
         engine = Engine(nnx.merge(self.graphdef, state.params), self.tokenizer)
         for prompt in prompts:
             tokens = self.tokenizer.encode(prompt, prepend="<|bos|>")
@@ -117,8 +118,6 @@ class Stage:
         return {}
 
     def categorical_accuracy(self, state: TrainState, task, max_problems: int) -> float:
-        from jaxchat.eval.chat import run_categorical
-
         return run_categorical(self.graphdef, state.params, self.tokenizer, task, max_problems=max_problems)
 
     # ---- the run ----------------------------------------------------------------------------------
@@ -145,16 +144,19 @@ class Stage:
             iterator.set_state(data_state)
         batches = self._device_batches(iterator, accum, mesh)
 
-        peak = peak_flops()
+        peak = self.runtime.peak_flops
         flops_per_token = estimate_flops(mc)
+        plan_line = self.runtime.describe()
+        if self.runtime.retain_host_memory and not host_memory.retained():
+            plan_line += " (not applied: call jaxchat.host_memory.retain_freed_host_memory() before JAX starts)"
         header = [
             ("stage", f"{self.name} → {self.directory}"),
             ("model", f"depth {mc.n_layer}, width {mc.n_embd}, {mc.n_head} heads, vocab {mc.vocab_size:,}, "
                       f"context {mc.sequence_len}"),
             ("parameters", f"{num_params(mc):,}"),
             ("FLOPs/token", f"{flops_per_token:.3e}"),
-            ("compute", f"{jax.devices()[0].device_kind} ×{jax.device_count()}, "
-                        f"dtype {np.dtype(compute_dtype(cfg.model.dtype)).name}"),
+            ("devices", f"{jax.devices()[0].device_kind} ×{jax.device_count()}"),
+            ("runtime", plan_line),
         ]
         if self.source:
             header.append(("weights from", self.source))
@@ -193,13 +195,9 @@ class Stage:
         """Host batches (accum·B, T) → device batches (accum, B, T), prefetched; the returned
         iterator's ``get_state()`` is the position after the batches handed out (what a checkpoint
         must record), not after the ones buffered ahead."""
-        from jaxchat.data.prefetch import device_prefetch
-
         return device_prefetch(iterator, sharding=sharding.batch_sharding(mesh), microbatches=accum)
 
     def _report(self, header, last: dict[str, float], seconds: float) -> None:
-        from jaxchat.report import write_section
-
         rows = [*header, ("training time", f"{seconds / 60:.1f} min"),
                 ("final step", f"{int(last.get('step', 0)):,}")]
         for key in ("loss_ema", "val_bpb", "core", "val_loss", "mmlu_acc", "arc_easy_acc", "mfu", "tok_per_s"):
@@ -207,5 +205,4 @@ class Stage:
                 rows.append((key, f"{last[key]:.4f}" if key not in ("tok_per_s",) else f"{last[key]:,.0f}"))
         table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
         metrics = {"CORE": last["core"]} if "core" in last else {}
-        title = {"base": "Base", "mid": "Mid", "sft": "SFT"}[self.name]
-        write_section(self.name, f"{title} training ({self.cfg.run_tag})", table, metrics=metrics)
+        write_section(self.name, f"{self.spec.title} ({self.cfg.run_tag})", table, metrics=metrics)

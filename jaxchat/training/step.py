@@ -1,7 +1,8 @@
 """The jitted train step: gradient accumulation inside the jit, clipping/optimizer via optax.
 
 The hot loop works on plain pytrees: ``graphdef, params`` come from splitting the model once, and the
-step merges a model view inside the jit (JAX_NOTES: ~0.5 ms/step instead of ~9 ms for nnx.jit).
+step merges a model view inside the jit: ~0.5 ms of Python per step instead of ~9 ms for ``nnx.jit``
+with ``nnx.Optimizer`` (measured on a 24-layer toy).
 """
 
 from __future__ import annotations

@@ -1,0 +1,98 @@
+"""The stages of the recipe, in pipeline order: the one list every module that names stages reads.
+
+``python train.py --stage=NAME`` runs ``get(NAME).run(cfg)``; ``--stage=all`` runs every stage with
+``in_all`` in this order, evaluating each ``chat_evaluated`` checkpoint right after its stage. The
+checkpoint directories (``checkpoints/<name>/<tag>/``), the ``--source`` choices of the eval / chat /
+web tools, the report card's order and columns all come from here.
+
+Adding a stage: write its module with a runner ``fn(cfg: RunConfig)``, add one ``StageSpec`` below.
+Runners are named as ``"module:function"`` and imported when the stage runs, so reading this list
+(``--help``, checkpoint paths) never imports JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import TYPE_CHECKING, Any, Callable
+
+from jaxchat.common import JaxchatError
+
+if TYPE_CHECKING:
+    from jaxchat.config import RunConfig
+
+
+def _full_lr(cfg: RunConfig) -> float:
+    return 1.0
+
+
+def _sft_lr(cfg: RunConfig) -> float:
+    return cfg.sft.init_lr_frac
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerOverrides:
+    """How a training stage departs from the shared ``optim`` section (docs/DESIGN.md §4–§7)."""
+
+    lr_frac: Callable[[RunConfig], float] = _full_lr  # every group's LR × this
+    clip_gradients: bool = True  # global-norm clipping at optim.grad_clip
+    muon_momentum: float | None = None  # a constant; None: the 0.85 → 0.95 warmup over 300 steps
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    name: str  # --stage=NAME, checkpoints/NAME/<tag>/, report/NAME.md
+    title: str  # the heading of its report card section
+    runner: str  # "module:function" taking the RunConfig
+    starts_from: str | None = None  # the stage whose latest checkpoint seeds this one's params
+    checkpointed: bool = False  # writes checkpoints/NAME/<tag>/<step>/ (a training stage)
+    optimizer: OptimizerOverrides = OptimizerOverrides()
+    chat_evaluated: bool = False  # --stage=all runs chat_eval on its checkpoint right after it
+    in_all: bool = True  # part of --stage=all
+
+    def run(self, cfg: RunConfig) -> Any:
+        module, function = self.runner.split(":")
+        return getattr(importlib.import_module(module), function)(cfg)
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("download", "Download", "jaxchat.recipe:download", in_all=False),  # the only one using the network
+    StageSpec("tokenizer", "Tokenizer training", "jaxchat.recipe:tokenizer"),
+    StageSpec("base", "Base training", "jaxchat.training.base:train_base", checkpointed=True),
+    StageSpec("mid", "Mid training", "jaxchat.training.mid:train_mid", starts_from="base", checkpointed=True,
+          chat_evaluated=True),
+    StageSpec("sft", "SFT training", "jaxchat.training.sft:train_sft", starts_from="mid", checkpointed=True,
+          chat_evaluated=True,
+          optimizer=OptimizerOverrides(lr_frac=_sft_lr, clip_gradients=False, muon_momentum=0.95)),
+    StageSpec("chat_eval", "Chat evaluation", "jaxchat.recipe:chat_eval", in_all=False),  # all: after each stage
+    StageSpec("report", "Report", "jaxchat.recipe:report"),
+)
+
+
+def names() -> list[str]:
+    return [stage.name for stage in STAGES]
+
+
+def get(name: str) -> StageSpec:
+    """The stage called ``name``; JaxchatError naming the choices otherwise."""
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise JaxchatError(f"unknown stage {name!r}; expected one of {', '.join(names())}")
+
+
+def choices() -> list[str]:
+    """What ``train.py --stage`` accepts: every stage, and ``all`` (the recipe: ``jaxchat.recipe.run_all``)."""
+    return [*names(), "all"]
+
+
+def checkpointed() -> list[str]:
+    """Names of the stages that write checkpoints (what eval / chat / web can load), in order."""
+    return [stage.name for stage in STAGES if stage.checkpointed]
+
+
+def check_checkpointed(name: str, what: str = "stage") -> str:
+    """``name`` if it is a checkpointed stage; JaxchatError naming the choices otherwise."""
+    if name not in checkpointed():
+        raise JaxchatError(f"unknown {what} {name!r}; expected a stage with checkpoints: {', '.join(checkpointed())}")
+    return name
