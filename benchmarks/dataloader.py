@@ -8,13 +8,13 @@ with the English-looking documents of ``tests/fixtures/fineweb.py`` (sentences, 
 quotes, lists). Unless ``--tokenizer`` is given, a tokenizer of ``--vocab-size`` (65,536) is trained on
 4 MB of those documents (other seeds than the shards') plus 4 MB of the Zipfian synthetic text of
 ``benchmarks/tokenizer.py``, which gives it enough distinct words to learn 65K tokens; on the shard
-text it then reaches ~4.9 bytes/token, FineWeb-Edu's figure for nanochat's tokenizer (SPEC §1).
+text it then reaches ~4.9 bytes/token, FineWeb-Edu's figure for nanochat's tokenizer (docs/DESIGN.md §1).
 
 Prints a markdown table: each stage alone (parquet read, tokenising), then the whole pipeline with 1
 and N tokenizer threads, pulled directly and through ``device_prefetch`` (what the trainer sees).
 Tokens/s counts training tokens (rows × seq_len per batch). CPU s is this process's CPU time: on a
 shared machine, wall-clock rates drop when other jobs compete for the cores, CPU time does not.
-The d20 reference consumes ~135K tokens/s per H100 (SPEC §5).
+The d20 reference consumes ~135K tokens/s per H100 (docs/DESIGN.md §5).
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ class MetricsLogger:
 
 def _start_wandb(name: str, stage: str, tag: str) -> Any:
     try:
-        import wandb
+        import wandb  # lazy: optional, only for --wandb_run
     except ImportError as e:
         raise JaxchatError("wandb logging was asked for but wandb is not installed; `pip install wandb` "
                            "(or run without a W&B run name)") from e
@@ -127,11 +127,11 @@ def _start_wandb(name: str, stage: str, tag: str) -> Any:
 
 def _pyplot() -> Any:
     try:
-        import matplotlib
+        import matplotlib  # lazy: heavy, only the report's curves need it
     except ImportError as e:
         raise JaxchatError("plotting the training curves needs matplotlib; `pip install matplotlib`") from e
     matplotlib.use("Agg")  # files only; no display on training machines
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after choosing the Agg backend
 
     return plt
 
