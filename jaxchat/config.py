@@ -57,7 +57,7 @@ class OptimSection:
     unembedding_lr: float = 0.004
     matrix_lr: float = 0.02
     weight_decay: float = 0.0
-    grad_clip: float = 1.0  # base and mid; 0 disables (SFT never clips)
+    grad_clip: float = 1.0  # base training; 0 disables (mid and SFT never clip, as nanochat)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,7 +60,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("tokenizer", "Tokenizer training", "jaxchat.recipe:tokenizer"),
     StageSpec("base", "Base training", "jaxchat.training.base:train_base", checkpointed=True),
     StageSpec("mid", "Mid training", "jaxchat.training.mid:train_mid", starts_from="base", checkpointed=True,
-          chat_evaluated=True),
+          chat_evaluated=True, optimizer=OptimizerOverrides(clip_gradients=False)),  # nanochat clips in base only
     StageSpec("sft", "SFT training", "jaxchat.training.sft:train_sft", starts_from="mid", checkpointed=True,
           chat_evaluated=True,
           optimizer=OptimizerOverrides(lr_frac=_sft_lr, clip_gradients=False, muon_momentum=0.95)),

@@ -35,6 +35,8 @@ def test_optimizer_overrides_come_from_the_registry():
     assert (sft.lr_frac(cfg), sft.clip_gradients, sft.muon_momentum) == (0.05, False, 0.95)
     base = stages.get("base").optimizer
     assert (base.lr_frac(cfg), base.clip_gradients, base.muon_momentum) == (1.0, True, None)
+    mid = stages.get("mid").optimizer  # nanochat's mid_train.py does not clip
+    assert (mid.lr_frac(cfg), mid.clip_gradients, mid.muon_momentum) == (1.0, False, None)
 
 
 def _fake_stage(monkeypatch, calls):

@@ -34,7 +34,7 @@ class OptimConfig:
     - ``weight_decay`` 0.0: AdamW (decoupled, torch semantics: p −= lr·wd·p); nanochat's Muon has none.
     - ``init_lr_frac``: multiplies every base LR (1.0 in base/mid; SFT uses 0.02, docs/DESIGN.md §7).
     - ``grad_clip``: global-norm clipping threshold, 1.0 in base training (docs/DESIGN.md §4); None = no
-      clipping (SFT, docs/DESIGN.md §7).
+      clipping (mid and SFT, docs/DESIGN.md §6–§7).
     - ``ns_steps`` 5 Newton–Schulz iterations in ``ns_dtype`` (bfloat16 as in nanochat; float32 only
       for exact comparisons in tests).
     """
