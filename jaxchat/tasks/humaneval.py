@@ -1,14 +1,18 @@
 """HumanEval (openai/openai_humaneval, split test, 164 problems): write a Python function.
 
 The user message is the problem's ``prompt`` (imports, signature, docstring); the reference answer
-is ``prompt + canonical_solution``. ``evaluate`` runs the completion's code plus the problem's tests
-in the sandbox of ``jaxchat.tasks.sandbox`` (time and memory limits, writes outside a temp dir
-refused). Malformed rows (a null field) RAISE a JaxchatError naming file, row and field when the task
-is built: it is a fixed benchmark, so a bad row means a damaged download.
+is ``prompt + canonical_solution``. ``evaluate`` runs the completion's code (after the prompt's
+imports) in the sandbox of ``jaxchat.tasks.sandbox``, and the tests (the prompt's helpers, the
+problem's ``check`` and ``check(entry_point)``) in a separate trusted process that calls the
+completion's functions; a completion passes only when those tests ran to the end and passed.
+Exiting early (``sys.exit(0)``…) is a failure, and the completion never sees the tests. Malformed
+rows (a null field) RAISE a JaxchatError naming file, row and field when the task is built: it is a
+fixed benchmark, so a bad row means a damaged download.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -49,8 +53,36 @@ def extract_program(completion: str) -> str:
     return (match.group(1) if match else completion).strip()
 
 
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """The prompt's code without the entry point's definition: its imports and the helpers some tests
+    call (``poly`` in HumanEval/32, ``encode_cyclic`` in /38, ``encode_shift`` in /50). Empty if the
+    prompt does not parse."""
+    try:
+        tree = ast.parse(prompt)
+    except SyntaxError:
+        return ""
+    lines = prompt.splitlines(keepends=True)
+    for node in reversed(tree.body):  # bottom-up, so that earlier line numbers stay valid
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            del lines[first - 1 : node.end_lineno]
+    return "".join(lines)
+
+
+def program_and_tests(conversation: Conversation, completion: str) -> tuple[str, str]:
+    """What the sandbox runs: the program (the prompt's imports + the completion's code), untrusted,
+    and the tests, trusted: the prompt's helpers, the problem's ``check`` and ``check(entry_point)``.
+    The helpers the tests call are the prompt's own, so a completion that redefines ``encode_cyclic``
+    cannot change what ``decode_cyclic`` is checked against."""
+    prompt, entry_point = conversation["messages"][0]["content"], conversation["entry_point"]
+    program = f"{extract_imports(prompt)}\n\n{extract_program(completion)}\n"
+    tests = f"{prompt_helpers(prompt, entry_point)}\n{conversation['test']}\ncheck({entry_point})\n"
+    return program, tests
+
+
 def build_program(conversation: Conversation, completion: str) -> str:
-    """The prompt's imports + the completion's code + the tests + ``check(entry_point)``."""
+    """The prompt's imports + the completion's code + the tests + ``check(entry_point)`` as one text
+    (for display; ``run`` keeps the program and the tests in separate processes)."""
     return (
         f"{extract_imports(conversation['messages'][0]['content'])}\n\n"
         f"{extract_program(completion)}\n\n"
@@ -101,9 +133,10 @@ class HumanEval(DatasetTask):
 
     def run(self, conversation: Conversation, completion: str) -> ExecutionResult:
         """Execute the completion against the problem's tests; the full result (stdout, error...)."""
-        program = build_program(conversation, completion)
-        return execute_code(program, timeout=self.timeout, memory_bytes=self.memory_bytes)
+        program, tests = program_and_tests(conversation, completion)
+        return execute_code(program, tests=tests, timeout=self.timeout, memory_bytes=self.memory_bytes)
 
     def evaluate(self, conversation: Conversation, completion: str) -> bool:
-        """True when the completion's code passes the problem's tests within the limits."""
+        """True when the problem's tests ran to the end and passed against the completion's code,
+        within the limits."""
         return self.run(conversation, completion).success
