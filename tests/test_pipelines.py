@@ -207,6 +207,27 @@ def test_device_prefetch_checkpoints_the_consumed_position(fineweb_dir, fineweb_
         split_microbatches(uninterrupted[0], 3)
 
 
+def test_corrupt_row_group_stops_the_pipeline_with_one_line_naming_it(fineweb_dir, fineweb_tokenizer):
+    """A row group whose pages are garbage (footer intact) is found only when the pipeline reaches it, in
+    a prefetch thread: the trainer gets a JaxchatError naming the file and the row group, not pyarrow's
+    OSError through grain's frames."""
+    from tests.test_shards import corrupt_row_group
+
+    train, _ = split_shards(list_shards(fineweb_dir))
+    corrupt_row_group(train[0], 1)
+    it = device_prefetch(pretrain_dataset(train, fineweb_tokenizer, ROWS, SEQ), microbatches=2)
+    try:
+        with pytest.raises(JaxchatError) as info:
+            for _ in range(10_000):
+                next(it)
+    finally:
+        it.close()
+    message = str(info.value)
+    assert message.startswith(f"{train[0]}: row group 1 (of 4) is corrupt (") and "\n" not in message, message
+    with pytest.raises(JaxchatError, match=r"shard_00000\.parquet: row group 1 \(of 4\) is corrupt"):
+        val_batches(train[:1], fineweb_tokenizer, ROWS, SEQ, num_batches=10_000)
+
+
 # ---- midtraining ---------------------------------------------------------------------------------
 
 

@@ -80,3 +80,40 @@ def test_iter_texts_bad_files(tmp_path):
     nulls = tmp_path / "shard_00003.parquet"
     pq.write_table(pa.table({"text": pa.array(["a", None, "b"], type=pa.string())}), nulls)
     assert list(iter_texts([nulls])) == ["a", "b"]
+
+
+def corrupt_row_group(path: Path, row_group: int) -> None:
+    """Overwrite the bytes of one row group's column chunk (its pages: headers, dictionary, data) in place;
+    the footer, and with it the schema and every row group's offsets, stays intact."""
+    column = pq.ParquetFile(path).metadata.row_group(row_group).column(0)
+    start = column.dictionary_page_offset or column.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start:start + column.total_compressed_size] = b"\xab" * column.total_compressed_size
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_row_group_is_one_line_naming_the_file_and_row_group(fineweb_dir):
+    paths = list_shards(fineweb_dir)
+    corrupt_row_group(paths[1], 2)
+    assert pq.ParquetFile(paths[1]).num_row_groups == 4  # the footer still reads
+    texts = iter_texts(paths[:2])
+    assert [next(texts) for _ in range(200)] == fineweb_documents(200, 0)
+    with pytest.raises(JaxchatError) as info:
+        list(texts)
+    message = str(info.value)
+    assert message.startswith(f"{paths[1]}: row group 2 (of 4) is corrupt (") and "\n" not in message, message
+    assert "delete the file and download it again" in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_tokenizer_cli_reports_a_corrupt_shard_in_one_line(tmp_path, monkeypatch, capsys):
+    from jaxchat.tokenizer import train
+
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    paths = write_fineweb_shards(tmp_path / "base_data", n_shards=2, docs_per_shard=100, row_group_size=25)
+    corrupt_row_group(paths[0], 1)
+    assert train.main(["--tokenizer.vocab_size=300"]) == 2
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]  # after the progress bar, which tqdm closes with a newline
+    assert last.startswith(f"error: {paths[0]}: row group 1 (of 4) is corrupt (") and err.endswith(last + "\n"), err
+    assert err.count("error:") == 1 and "Traceback" not in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -468,3 +469,75 @@ def test_busy_server_answers_503(fineweb_tokenizer):
             assert resp.status_code == 503 and resp.json()["limit"] == "max_pending"
             gate.set()
             assert first.result(timeout=10) == "ok"
+
+
+# ---- stalled and aborted uploads -----------------------------------------------------------------
+
+
+def open_upload(url: str, declared: int, body: bytes) -> socket.socket:
+    """A raw connection that POSTs headers declaring ``declared`` body bytes, then sends only ``body``."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"POST /chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {declared}\r\n\r\n".encode() + body)
+    return sock
+
+
+def read_to_close(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection; fails if that takes over ``timeout``."""
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        while data := sock.recv(65536):
+            chunks.append(data)
+    except TimeoutError:
+        pytest.fail(f"the server neither answered nor closed within {timeout} s: {b''.join(chunks)[:200]!r}")
+    finally:
+        sock.close()
+    return b"".join(chunks)
+
+
+def wait_uploads(client: httpx.Client, n: int) -> None:
+    """Until /stats counts ``n`` requests reading their body."""
+    deadline = time.monotonic() + 10
+    while client.get("/stats").json()["uploads_reading"] != n:
+        assert time.monotonic() < deadline, f"never {n} uploads reading"
+        time.sleep(0.01)
+
+
+def test_stalled_and_aborted_uploads_are_bounded_and_logged_in_one_line_each(fineweb_tokenizer, caplog):
+    """Clients that declare a long body and send a short one: each gets 408 and a closed connection
+    within the body timeout, past max_body_readers they get 503 at once, the server keeps serving, and
+    each stalled or aborted upload is one log line (no traceback)."""
+    caplog.set_level(logging.INFO)
+    scripted = ScriptedEngine(fineweb_tokenizer, fineweb_tokenizer.encode("ok"))
+    limits = Limits(body_timeout_s=1.0, max_body_readers=4)
+    with serve(create_app(scripted, fineweb_tokenizer, warmup=False, limits=limits)) as url, \
+            httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        start = time.monotonic()
+        stalled = [open_upload(url, 1000, b'{"messages": [') for _ in range(3)]
+        wait_uploads(client, 3)
+        assert chat(client, user("hi"))[0] == "ok"  # served meanwhile, with the 4th reader slot
+        stalled.append(open_upload(url, 1000, b'{"mess'))
+        wait_uploads(client, 4)
+        busy = read_to_close(open_upload(url, 1000, b"{"), timeout=0.9)  # at once, not after the timeout
+        assert busy.startswith(b"HTTP/1.1 503 ") and b'"limit":"max_body_readers"' in busy, busy
+        for sock in stalled:
+            answer = read_to_close(sock, timeout=limits.body_timeout_s + 3)
+            assert answer.startswith(b"HTTP/1.1 408 ") and b'"limit":"body_timeout_s"' in answer, answer
+            assert b"connection: close" in answer.lower()
+        assert time.monotonic() - start < limits.body_timeout_s + 4
+        wait_uploads(client, 0)
+        aborted = [open_upload(url, 1000, b'{"messages": [{"role"') for _ in range(2)]
+        wait_uploads(client, 2)
+        for sock in aborted:
+            sock.close()
+        wait_uploads(client, 0)
+        assert chat(client, user("still there?"))[0] == "ok"
+        stats = client.get("/stats").json()
+    assert stats["uploads_timed_out"] == 4 and stats["uploads_aborted"] == 2 and stats["uploads_refused"] == 1
+    assert "Traceback" not in caplog.text and "ClientDisconnect" not in caplog.text, caplog.text
+    lines = [r.getMessage() for r in caplog.records if r.name == "jaxchat.web"]
+    assert len(lines) == 6 and all("\n" not in line and len(line) < 200 for line in lines), lines
+    assert sum("timed out" in line for line in lines) == 4 and sum("aborted" in line for line in lines) == 2
+    assert all("of 1000 bytes" in line for line in lines), lines

@@ -13,6 +13,7 @@ from flax import nnx
 
 from jaxchat.config import RunConfig, SamplingSection
 from jaxchat.web.config import WebConfig, check
+from jaxchat.web.validation import Limits
 from jaxchat.web.__main__ import main
 from tests.test_web import TIMEOUT, chat, serve, tiny_model, user, wait_ready
 
@@ -31,7 +32,8 @@ def test_help_lists_every_key_with_its_default(capsys):
     out = capsys.readouterr().out
     for line in ("--source = 'sft'  [str]", "--tag = ''  [str]", "--step = -1  [int]",
                  "--host = '127.0.0.1'  [str]", "--port = 8000  [int]", "--warmup = True  [bool]",
-                 "--max_pending = 64  [int]", "--sampling.temperature = 0.8  [float]",
+                 "--max_pending = 64  [int]", "--body_timeout_s = 10.0  [float]", "--max_body_readers = 32  [int]",
+                 "--max_connections = 512  [int]", "--sampling.temperature = 0.8  [float]",
                  "--sampling.top_k = 50  [int]", "--sampling.max_tokens = 512  [int]", "--sampling.seed = -1  [int]"):
         assert line in out, line
     assert out.startswith("Serve a jaxchat model in the browser")
@@ -47,18 +49,22 @@ def test_command_line_sets_the_config_and_the_app_settings(monkeypatch):
     monkeypatch.setattr("jaxchat.web.__main__.run", run)
     argv = ["--source=mid", "--tag", "d20", "--step=800", "--host=0.0.0.0", "--port", "8080", "--warmup=false",
             "--max-pending=3", "--sampling.temperature=0", "--sampling.top-k=0", "--sampling.max_tokens=64",
-            "--sampling.seed=7"]
+            "--sampling.seed=7", "--body_timeout_s=2.5", "--max_body_readers=5", "--max_connections=100"]
     assert main(argv) == 0
     config = seen["config"]
     assert config == WebConfig(source="mid", tag="d20", step=800, host="0.0.0.0", port=8080, warmup=False,
-                               max_pending=3, sampling=SamplingSection(0.0, 0, 64, 7))
+                               max_pending=3, body_timeout_s=2.5, max_body_readers=5, max_connections=100,
+                               sampling=SamplingSection(0.0, 0, 64, 7))
     assert config.checkpoint == ("mid", "d20", 800)
     assert config.app_settings() == dict(temperature=0.0, top_k=None, max_tokens=64, seed=7, max_pending=3,
-                                         warmup=False)
-    # The defaults: the latest sft checkpoint, a fresh seed per request, warmup on.
+                                         warmup=False, limits=Limits(body_timeout_s=2.5, max_body_readers=5))
+    assert config.uvicorn_settings() == dict(host="0.0.0.0", port=8080, log_level="info", timeout_keep_alive=5,
+                                             limit_concurrency=100, h11_max_incomplete_event_size=16384)
+    uvicorn.Config(object(), **config.uvicorn_settings())  # every setting is one uvicorn knows
+    # The defaults: the latest sft checkpoint, a fresh seed per request, warmup on, the default limits.
     assert WebConfig().checkpoint == ("sft", None, None)
     assert WebConfig().app_settings() == dict(temperature=0.8, top_k=50, max_tokens=512, seed=None, max_pending=64,
-                                              warmup=True)
+                                              warmup=True, limits=Limits())
     # The chat tools share the section; the web server only changes its defaults.
     assert [f.name for f in dataclasses.fields(WebConfig().sampling)] == ["temperature", "top_k", "max_tokens", "seed"]
 
@@ -72,6 +78,10 @@ BAD = [
     (["--port", "70000"], "port=70000"),
     (["--port=http"], "port='http': expected int"),
     (["--max_pending=0"], "max_pending=0"),
+    (["--body_timeout_s=0"], "body_timeout_s=0.0: expected a number of seconds in [0.001, 3600]"),
+    (["--body_timeout_s=inf"], "body_timeout_s='inf'"),
+    (["--max_body_readers=0"], "max_body_readers=0: expected an integer >= 1"),
+    (["--max_connections=0"], "max_connections=0: expected an integer >= 1"),
     (["--warmup=maybe"], "warmup='maybe': expected bool"),
     (["--sampling.temperature=2.5"], "sampling.temperature=2.5: expected a number in [0.0, 2.0]"),
     (["--sampling.temperature=nan"], "sampling.temperature='nan'"),
@@ -118,7 +128,7 @@ def test_main_serves_a_saved_checkpoint(tmp_path, monkeypatch, fineweb_tokenizer
     seen = {}
 
     def run_and_chat(app, host, port, **kw):  # stands in for uvicorn.run: serve on a free port, chat once
-        seen.update(host=host, port=port, info=app.state.web.model_info)
+        seen.update(host=host, port=port, info=app.state.web.model_info, uvicorn=kw)
         with serve(app) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
             wait_ready(client)
             seen["reply"] = chat(client, user("Why is the river cold?"))[0]
@@ -126,6 +136,8 @@ def test_main_serves_a_saved_checkpoint(tmp_path, monkeypatch, fineweb_tokenizer
     monkeypatch.setattr(uvicorn, "run", run_and_chat)
     assert main(["--source=sft", "--port=8123", "--sampling.temperature=0", "--sampling.max_tokens=8"]) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    assert seen["uvicorn"] == dict(log_level="info", timeout_keep_alive=5, limit_concurrency=512,
+                                   h11_max_incomplete_event_size=16384)
     info = seen["info"]
     assert (info["stage"], info["tag"], info["step"], info["sequence_len"]) == ("sft", "d1", 9, 128)
     assert info["params"] == sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -112,12 +112,14 @@ def test_stats_handler_reports_counters_settings_and_limits(make_state):
     out, _ = call(handlers.stats, state, method="GET")
     assert set(out) == {"requests_served", "requests_active", "requests_failed", "requests_cancelled",
                         "requests_rejected", "tokens_generated", "tokens_per_second", "mean_time_to_first_token_s",
-                        "uptime_seconds", "ready", "model", "defaults", "limits"}
+                        "uptime_seconds", "uploads_reading", "uploads_timed_out", "uploads_aborted",
+                        "uploads_refused", "ready", "model", "defaults", "limits"}
     assert (out["requests_served"], out["tokens_generated"], out["requests_rejected"]) == (2, 7, 1)
     assert out["ready"] is True and out["model"] == info  # warmup off: ready at once
     assert out["defaults"] == {"temperature": 0.3, "top_k": None, "max_tokens": 99}
     assert out["limits"] == {"max_messages": 10, "max_message_chars": 8000, "max_conversation_chars": 32000,
                              "temperature": [0.0, 2.0], "top_k": [1, 200], "max_tokens": [1, 4096],
+                             "max_body_bytes": 1 << 20, "body_timeout_s": 10.0, "max_body_readers": 32,
                              "context_len": 256}
     json.dumps(out)  # all of it is JSON
 
@@ -151,7 +153,60 @@ def test_chat_completions_handler_refuses_bad_requests_with_400(make_state, fine
         assert set(err) == {"error", "limit", "value"} and err["limit"] == limit, err
     response, _ = call(handlers.chat_completions, state, body=b"{}", headers={"content-length": str(2 << 20)})
     assert response.status_code == 400 and json.loads(response.body)["limit"] == "max_body_bytes"
+    assert response.headers["connection"] == "close"  # the body was never read
     assert scripted.calls == [] and state.stats.snapshot()["requests_rejected"] == 5
+
+
+def test_chat_completions_handler_times_out_or_drops_an_incomplete_body(make_state, caplog):
+    """A body that never completes is 408 after body_timeout_s; a client that leaves mid-body gets no
+    answer; past max_body_readers bodies at once → 503. Each stalled/aborted upload: one log line."""
+    state = make_state(limits=Limits(body_timeout_s=0.2, max_body_readers=1))
+    part = {"type": "http.request", "body": b'{"messages"', "more_body": True}
+
+    def request(after_part: dict[str, Any] | None) -> Request:
+        sent = []
+
+        async def receive() -> dict[str, Any]:
+            if not sent:
+                sent.append(part)
+                return part
+            if after_part is None:  # the client says nothing more
+                await asyncio.sleep(BOUND_S)
+            return after_part
+
+        req = make_request(state, headers={"content-length": "500"})
+        return Request({**req.scope, "client": ("10.0.0.7", 5151)}, receive)
+
+    async def go(after_part) -> Any:
+        return await handlers.chat_completions(request(after_part))
+
+    started = time.monotonic()
+    response = asyncio.run(asyncio.wait_for(go(None), BOUND_S))
+    assert response.status_code == 408 and time.monotonic() - started < 0.2 + 5
+    assert response.headers["connection"] == "close"
+    assert json.loads(response.body) == {"error": "request body not received within 0.2 s (11 of 500 bytes arrived)",
+                                         "limit": "body_timeout_s", "value": 0.2}
+    response = asyncio.run(asyncio.wait_for(go({"type": "http.disconnect"}), BOUND_S))
+    assert response.status_code == 400 and response.body == b""  # never sent: uvicorn drops it
+
+    async def two_at_once() -> list[Any]:
+        first = asyncio.ensure_future(go(None))
+        await asyncio.sleep(0.05)  # the first is reading its body now
+        second = await go(None)
+        return [second, await first]
+
+    busy, late = asyncio.run(asyncio.wait_for(two_at_once(), BOUND_S))
+    assert busy.status_code == 503 and busy.headers["connection"] == "close"
+    assert json.loads(busy.body)["limit"] == "max_body_readers" and late.status_code == 408
+    assert state.uploads.snapshot() == {"uploads_reading": 0, "uploads_timed_out": 2, "uploads_aborted": 1,
+                                        "uploads_refused": 1}
+    assert [r.getMessage() for r in caplog.records if r.name == "jaxchat.web"] == [
+        "upload from 10.0.0.7:5151 timed out after 0.2 s with 11 of 500 bytes received; answered 408 and "
+        "closed the connection",
+        "upload from 10.0.0.7:5151 aborted: the client disconnected after 11 of 500 bytes",
+        "upload from 10.0.0.7:5151 timed out after 0.2 s with 11 of 500 bytes received; answered 408 and "
+        "closed the connection"]
+    assert "Traceback" not in caplog.text and state.stats.snapshot()["requests_active"] == 0
 
 
 def test_chat_completions_handler_answers_503_when_full_or_stopping(make_state):
@@ -229,3 +284,7 @@ def test_bad_settings_are_refused_when_the_state_is_built(fineweb_tokenizer):
     with pytest.raises(JaxchatError, match="max_pending"):
         build_state(scripted, fineweb_tokenizer, max_pending=0)
 
+    with pytest.raises(JaxchatError, match=r"body_timeout_s is nan; expected a number of seconds > 0"):
+        build_state(scripted, fineweb_tokenizer, limits=Limits(body_timeout_s=float("nan")))
+    with pytest.raises(JaxchatError, match=r"max_body_readers is 0; expected at least 1"):
+        build_state(scripted, fineweb_tokenizer, limits=Limits(max_body_readers=0))

@@ -37,7 +37,7 @@ import grain
 import numpy as np
 
 from jaxchat.common import JaxchatError
-from jaxchat.data.shards import open_shard
+from jaxchat.data.shards import open_shard, read_row_group_texts
 
 # Documents tokenised per encode call: big enough to amortise the call, small enough that the first
 # batch after a (re)start does not wait for a whole row group (~1024 FineWeb documents, ~1M tokens).
@@ -75,8 +75,7 @@ class _ShardReader:
 
     def texts(self, shard: int, row_group: int) -> list[str | None]:
         if self._texts_key != (shard, row_group):
-            table = self._file(shard).read_row_group(row_group, columns=["text"])
-            self._texts = table.column("text").to_pylist()
+            self._texts = read_row_group_texts(self._file(shard), self.paths[shard], row_group)
             self._texts_key = (shard, row_group)
         return self._texts
 

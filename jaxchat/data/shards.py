@@ -47,7 +47,8 @@ def open_shard(path: Path) -> pq.ParquetFile:
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
-        raise JaxchatError(f"{path}: cannot read as parquet ({e}); re-download it with `{DOWNLOAD_HINT}`") from None
+        raise JaxchatError(f"{path}: cannot read as parquet ({_one_line(e)}); delete the file and download it "
+                           f"again with `{DOWNLOAD_HINT}`") from None
     names = pf.schema_arrow.names
     if "text" not in names:
         raise JaxchatError(f"{path}: no 'text' column (columns: {names}); expected a FineWeb-Edu shard")
@@ -56,6 +57,27 @@ def open_shard(path: Path) -> pq.ParquetFile:
     ):
         raise JaxchatError(f"{path}: column 'text' has type {pf.schema_arrow.field('text').type}, expected string")
     return pf
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (pyarrow's span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def read_row_group_texts(pf: pq.ParquetFile, path: Path, row_group: int) -> list[str | None]:
+    """The ``text`` column of one row group of an opened shard (:func:`open_shard`).
+
+    The footer was read when the file was opened; a row group's pages are only read (decompressed,
+    decoded) here. A corrupt one (a damaged download, a disk error) is a JaxchatError naming the file
+    and the row group, raised wherever the pipeline reads it (a prefetch thread re-raises it in the
+    trainer), instead of pyarrow's multi-line OSError.
+    """
+    try:
+        return pf.read_row_group(row_group, columns=["text"]).column("text").to_pylist()
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
+        raise JaxchatError(
+            f"{path}: row group {row_group} (of {pf.num_row_groups}) is corrupt ({_one_line(e)}); delete the "
+            f"file and download it again with `{DOWNLOAD_HINT}`") from None
 
 
 def iter_texts(paths: Sequence[Path], max_chars: int | None = None, doc_cap: int | None = None) -> Iterator[str]:
@@ -70,7 +92,7 @@ def iter_texts(paths: Sequence[Path], max_chars: int | None = None, doc_cap: int
             return
         pf = open_shard(Path(path))
         for rg in range(pf.num_row_groups):
-            for text in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
+            for text in read_row_group_texts(pf, Path(path), rg):
                 if text is None:
                     continue
                 if doc_cap is not None:

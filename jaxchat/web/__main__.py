@@ -9,6 +9,8 @@ at ``/chat/completions``) with uvicorn. Examples::
 
 ``sampling.*`` are the defaults of requests that do not set them; ``sampling.seed`` -1 gives each
 such request a fresh random seed, ``s >= 0`` gives them ``s, s + 1, ...`` in the order they run.
+A request's body must arrive within ``body_timeout_s`` (else HTTP 408), at most ``max_body_readers``
+bodies are read at once and ``max_connections`` connections are open (beyond either: HTTP 503).
 A bad value or a missing checkpoint is one ``error:`` line on stderr and exit status 2.
 """
 
@@ -69,7 +71,7 @@ def run(config: WebConfig) -> int:
     if not _is_loopback(config.host):
         print(f"warning: listening on {config.host}: the chat API has no authentication", file=sys.stderr)
     print(f"jaxchat web: http://{config.host}:{config.port}/", file=sys.stderr)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    uvicorn.run(app, **config.uvicorn_settings())
     return 0
 
 

@@ -40,6 +40,9 @@ class WebConfig:
     port: int = 8000
     warmup: bool = True  # compile with a short generation at startup (--warmup=false skips it)
     max_pending: int = 64  # requests generating or queued at once; beyond it → HTTP 503
+    body_timeout_s: float = Limits.body_timeout_s  # a request's whole body must arrive in this time, else 408
+    max_body_readers: int = Limits.max_body_readers  # requests sending their body at once; beyond it → 503
+    max_connections: int = 512  # open connections (uvicorn's limit_concurrency); a request beyond it → 503
     sampling: SamplingSection = WEB_SAMPLING
 
     @property
@@ -51,7 +54,20 @@ class WebConfig:
         """The keyword settings of ``create_app`` that this config decides."""
         s = self.sampling
         return {"temperature": s.temperature, "top_k": s.top_k or None, "max_tokens": s.max_tokens,
-                "seed": None if s.seed < 0 else s.seed, "max_pending": self.max_pending, "warmup": self.warmup}
+                "seed": None if s.seed < 0 else s.seed, "max_pending": self.max_pending, "warmup": self.warmup,
+                "limits": dataclasses.replace(Limits(), body_timeout_s=self.body_timeout_s,
+                                              max_body_readers=self.max_body_readers)}
+
+    def uvicorn_settings(self) -> dict[str, Any]:
+        """What ``uvicorn.run`` is given besides the app: where to listen and the connection limits.
+
+        Bounded everywhere a client could hold the server: idle keep-alive connections close after 5 s,
+        open connections are capped (each further request gets uvicorn's 503 and is closed), and a
+        request's head (line + headers) may not exceed 16 KiB. The body's timeout and the cap on bodies
+        read at once are the app's (``Limits``), which answer 408 / 503 in the API's JSON format.
+        """
+        return {"host": self.host, "port": self.port, "log_level": "info", "timeout_keep_alive": 5,
+                "limit_concurrency": self.max_connections, "h11_max_incomplete_event_size": 16 * 1024}
 
 
 def _check(key: str, value: float, lo: float, hi: float, expected: str | None = None) -> None:
@@ -72,6 +88,9 @@ def check(config: WebConfig, limits: Limits = Limits()) -> WebConfig:
         raise JaxchatError(f"host={config.host!r}: expected an address to listen on, e.g. 127.0.0.1")
     _check("port", config.port, 1, 65535)
     _check("max_pending", config.max_pending, 1, float("inf"), "an integer >= 1")
+    _check("body_timeout_s", config.body_timeout_s, 0.001, 3600, "a number of seconds in [0.001, 3600]")
+    _check("max_body_readers", config.max_body_readers, 1, float("inf"), "an integer >= 1")
+    _check("max_connections", config.max_connections, 1, float("inf"), "an integer >= 1")
     s = config.sampling
     lo, hi = limits.temperature
     _check("sampling.temperature", s.temperature, lo, hi, f"a number in [{lo}, {hi}] (0 = greedy)")

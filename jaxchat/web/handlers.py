@@ -20,7 +20,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from jaxchat.common import JaxchatError
 from jaxchat.web.page import PAGE
-from jaxchat.web.validation import ChatRequest, Limits, RequestError, Sampling, read_json_body, validate_request
+from jaxchat.web.validation import (
+    ChatRequest, ClientGone, Limits, RequestError, Sampling, Uploads, read_json_body, validate_request)
 from jaxchat.web.worker import GenerationWorker, Job, Stats
 
 STATE_ATTR = "web"  # app.state.web holds the AppState
@@ -46,6 +47,11 @@ class AppState:
     warmup: bool  # compile at startup (the lifespan queues it first)
     ready: bool = False
     warmup_error: str | None = None
+    uploads: Uploads | None = None  # the bodies being read (default: capped at limits.max_body_readers)
+
+    def __post_init__(self) -> None:
+        if self.uploads is None:
+            self.uploads = Uploads(self.limits.max_body_readers)
 
 
 def app_state(request: Request) -> AppState:
@@ -79,6 +85,7 @@ async def stats(request: Request) -> dict[str, Any]:
     state = app_state(request)
     return {
         **state.stats.snapshot(),
+        **state.uploads.snapshot(),
         "ready": bool(state.ready),
         "model": state.model_info,
         "defaults": dataclasses.asdict(state.defaults),
@@ -119,10 +126,11 @@ async def _events(queue: asyncio.Queue[tuple[str, Any]], job: Job) -> AsyncItera
 
 
 async def chat_completions(request: Request) -> Response:
-    """``POST /chat/completions``: 400 on a bad request, 503 when busy, else a stream of events."""
+    """``POST /chat/completions``: 400 on a bad request, 408 on a body that does not arrive in time,
+    503 when busy, else a stream of events."""
     state = app_state(request)
     try:
-        body = await read_json_body(request, state.limits.max_body_bytes)
+        body = await read_json_body(request, state.limits, state.uploads)
         chat = validate_request(body, state.defaults, state.limits)
         try:
             prompt = state.tokenizer.render_for_completion({"messages": chat.messages})
@@ -132,6 +140,8 @@ async def chat_completions(request: Request) -> Response:
     except RequestError as e:
         state.stats.add(rejected=1)
         return e.response()
+    except ClientGone:  # counted and logged in one line by read_json_body
+        return Response(status_code=400, headers={"Connection": "close"})  # nobody reads it: the client left
 
     if not state.stats.admit(state.max_pending):
         return JSONResponse(

@@ -12,9 +12,12 @@ Endpoints::
 
 Every request-limit violation (and malformed JSON) is HTTP 400 with
 ``{"error": "<one line>", "limit": "<name>", "value": <offending value>}``; more than ``max_pending``
-requests at once is HTTP 503 with ``"limit": "max_pending"``. Unknown fields, at the top level or
-inside a message, are IGNORED (so OpenAI-style clients that send ``model`` / ``stream`` work); only
-``role`` and ``content`` of a message reach the model.
+requests at once is HTTP 503 with ``"limit": "max_pending"``. A body must arrive within
+``Limits.body_timeout_s`` (else 408, ``"limit": "body_timeout_s"``), and at most
+``Limits.max_body_readers`` bodies are read at once (one more: 503, ``"limit": "max_body_readers"``);
+both close the connection, and a stalled or aborted upload is one log line on ``jaxchat.web``.
+Unknown fields, at the top level or inside a message, are IGNORED (so OpenAI-style clients that send
+``model`` / ``stream`` work); only ``role`` and ``content`` of a message reach the model.
 
 The modules: :mod:`~jaxchat.web.validation` checks requests, :mod:`~jaxchat.web.worker` runs the
 Engine on one thread (generations never interleave on the device and run in arrival order; a client
@@ -76,6 +79,10 @@ def build_state(
     defaults = check_defaults(temperature, top_k, max_tokens, limits)
     if max_pending < 1:
         raise JaxchatError(f"max_pending is {max_pending}; expected at least 1")
+    if not limits.body_timeout_s > 0:  # also refuses nan
+        raise JaxchatError(f"body_timeout_s is {limits.body_timeout_s}; expected a number of seconds > 0")
+    if limits.max_body_readers < 1:
+        raise JaxchatError(f"max_body_readers is {limits.max_body_readers}; expected at least 1")
     if context_len is None:  # the Engine knows how long a sequence may be
         context_len = getattr(engine, "max_len", None)
     stats = Stats()

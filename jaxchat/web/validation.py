@@ -1,28 +1,37 @@
 """Request validation for the web chat (docs/DESIGN.md §10): limits, sampling settings, the JSON body.
 
 Every request-limit violation (and malformed JSON) is a :class:`RequestError`, which the handler
-turns into HTTP 400 ``{"error": "<one line>", "limit": "<name>", "value": <offending value>}``.
+turns into HTTP 400 ``{"error": "<one line>", "limit": "<name>", "value": <offending value>}``; a body
+not received within ``body_timeout_s`` is 408, and a body that finds ``max_body_readers`` others being
+read is 503 (both close the connection: the rest of the body is never read).
 Unknown fields, at the top level or inside a message, are IGNORED (so OpenAI-style clients that send
 ``model`` / ``stream`` work); only ``role`` and ``content`` of a message reach the model.
 
 Nothing here touches the engine or JAX: the functions take decoded JSON (or a request's byte
-stream) and return plain dataclasses.
+stream) and return plain dataclasses. :func:`read_json_body` logs one line (no traceback) for each
+upload that times out or that the client aborts: they say nothing about the server's health, and a
+traceback each would let anyone fill the log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import logging
 import math
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from jaxchat.common import JaxchatError
 
 ROLES = ("user", "assistant")
 MAX_SEED = 2**31 - 1  # seeds are int32 on the device
+
+log = logging.getLogger("jaxchat.web")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +47,13 @@ class Limits:
     # Raw body cap, read incrementally so a huge upload is refused before it is buffered. 32000 chars
     # written as JSON \uXXXX escapes (6 bytes each, 12 for astral ones) plus 500 message envelopes fit.
     max_body_bytes: int = 1 << 20
+    # The whole body must arrive within this many seconds (then HTTP 408, connection closed): a client
+    # that declares a longer Content-Length than it sends would otherwise hold its connection forever.
+    # 1 MiB in 10 s needs 100 KB/s; a chat message is a few KB.
+    body_timeout_s: float = 10.0
+    # Requests reading their body at once; one more is answered 503 at once (connection closed), so
+    # stalled uploads cannot pile up connections and memory without bound.
+    max_body_readers: int = 32
 
     def as_json(self, context_len: int | None) -> dict[str, Any]:
         """The limits as ``GET /stats`` shows them (ranges as ``[lo, hi]``, plus the model's context)."""
@@ -48,6 +64,9 @@ class Limits:
             "temperature": list(self.temperature),
             "top_k": list(self.top_k),
             "max_tokens": list(self.max_tokens),
+            "max_body_bytes": self.max_body_bytes,
+            "body_timeout_s": self.body_timeout_s,
+            "max_body_readers": self.max_body_readers,
             "context_len": context_len,
         }
 
@@ -73,14 +92,39 @@ class ChatRequest:
 
 
 class RequestError(Exception):
-    """A client mistake → HTTP 400 ``{"error": message, "limit": limit, "value": value}``."""
+    """A client mistake → HTTP ``status`` (400) ``{"error": message, "limit": limit, "value": value}``.
 
-    def __init__(self, limit: str, value: Any, message: str) -> None:
+    ``close``: answered before the whole body was read, so the connection is closed after the
+    response (``Connection: close``) rather than left to a client that may still be sending.
+    """
+
+    def __init__(self, limit: str, value: Any, message: str, *, status: int = 400, close: bool = False) -> None:
         super().__init__(message)
         self.limit, self.value, self.message = limit, value, message
+        self.status, self.close = status, close
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.message, "limit": self.limit, "value": _json_safe(self.value)}, 400)
+        return JSONResponse({"error": self.message, "limit": self.limit, "value": _json_safe(self.value)},
+                            self.status, headers={"Connection": "close"} if self.close else None)
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its body arrived: there is no one to answer."""
+
+
+class Uploads:
+    """The requests reading their body now (at most ``max_readers``) and how past uploads ended.
+
+    Used only from the server's event loop (one thread), so plain counters suffice.
+    """
+
+    def __init__(self, max_readers: int) -> None:
+        self.max_readers = max_readers
+        self.reading = self.timed_out = self.aborted = self.refused = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {"uploads_reading": self.reading, "uploads_timed_out": self.timed_out,
+                "uploads_aborted": self.aborted, "uploads_refused": self.refused}
 
 
 def _json_safe(value: Any) -> Any:
@@ -204,17 +248,55 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    """The request body decoded as JSON; RequestError (→ 400) if oversize, not UTF-8 or malformed."""
+def _client(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "unknown client"
+
+
+async def read_json_body(request: Request, limits: Limits, uploads: Uploads | None = None) -> Any:
+    """The request body decoded as JSON.
+
+    RequestError: 400 if oversize, not UTF-8 or malformed; 503 (``max_body_readers``) when
+    ``uploads`` already counts that many bodies being read; 408 (``body_timeout_s``) when the body
+    has not arrived within ``limits.body_timeout_s`` (one log line). ClientGone (one log line) when
+    the client disconnects first. ``uploads`` (default: a fresh one) counts the bodies being read.
+    """
+    limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError("max_body_bytes", int(declared), f"request body is {declared} bytes; the limit is {limit}")
+        raise RequestError("max_body_bytes", int(declared), f"request body is {declared} bytes; the limit is {limit}",
+                           close=True)
+    uploads = uploads if uploads is not None else Uploads(limits.max_body_readers)
+    if uploads.reading >= uploads.max_readers:
+        uploads.refused += 1
+        raise RequestError("max_body_readers", uploads.max_readers,
+                           f"server busy: {uploads.max_readers} requests are sending their body; retry later",
+                           status=503, close=True)
+    expected = f"{declared} bytes" if declared is not None else "a chunked body"
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError("max_body_bytes", size, f"request body is over {limit} bytes; the limit is {limit}")
-        chunks.append(chunk)
+    uploads.reading += 1
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError("max_body_bytes", size,
+                                       f"request body is over {limit} bytes; the limit is {limit}", close=True)
+                chunks.append(chunk)
+    except TimeoutError:
+        uploads.timed_out += 1
+        log.warning("upload from %s timed out after %g s with %d of %s received; answered 408 and closed "
+                    "the connection", _client(request), limits.body_timeout_s, size, expected)
+        raise RequestError("body_timeout_s", limits.body_timeout_s,
+                           f"request body not received within {limits.body_timeout_s:g} s ({size} of {expected} "
+                           "arrived)", status=408, close=True) from None
+    except ClientDisconnect:
+        uploads.aborted += 1
+        log.warning("upload from %s aborted: the client disconnected after %d of %s", _client(request), size,
+                    expected)
+        raise ClientGone() from None
+    finally:
+        uploads.reading -= 1
     raw = b"".join(chunks)
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
