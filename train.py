@@ -14,11 +14,23 @@ base → mid → chat_eval mid → sft → chat_eval sft → report; download fi
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 
-from jaxchat import cli, stages
-from jaxchat.common import JaxchatError
-from jaxchat.config import RunConfig, load_toml, override, parse_overrides, validate
+
+def _quit_during_imports(signum, frame) -> None:  # main() replaces it once the imports are done
+    print("\ninterrupted: stopped during start-up; nothing was written", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+if __name__ == "__main__":  # `import jaxchat` loads JAX (~2 s): a Ctrl-C then must not print a traceback
+    signal.signal(signal.SIGINT, _quit_during_imports)
+
+from jaxchat import cli, stages  # noqa: E402
+from jaxchat.common import JaxchatError, jaxchat_home  # noqa: E402
+from jaxchat.config import RunConfig, explicit_keys, load_toml, override, parse_overrides, validate  # noqa: E402
 
 PROG = "python train.py"
 
@@ -32,7 +44,7 @@ def parse(argv: list[str]) -> tuple[str, RunConfig]:
                            f"--stage is required: one of {', '.join(stages.choices())}")
     preset = options.pop("config", None)
     config = load_toml(preset) if preset else RunConfig()
-    return stage, validate(override(config, options, prog=PROG))
+    return stage, validate(override(config, options, prog=PROG), stage)  # only the settings this stage reads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,16 +54,64 @@ def main(argv: list[str] | None = None) -> int:
             ("stage", f"(required)  one of {', '.join(stages.choices())}"),
             ("config", "(none)  a TOML preset: configs/{tiny,cpu_demo,d12,d20,d26}.toml")]))
         return 0
-    # Lazy: these import JAX, which --help does not need, and malloc's setting must precede JAX's start.
-    from jaxchat.host_memory import retain_freed_host_memory
+    target: dict = {}  # the checkpoint directory of a single training stage, once parsed
 
-    retain_freed_host_memory()  # before JAX starts its CPU client; a no-op on GPU runs
-    from jaxchat.recipe import run_stage
+    def status() -> str:
+        """What is on disk now, for an interrupt message (true whenever it is called)."""
+        # Never imported here (a handler may run in the middle of an import): only what is loaded.
+        stage_module = sys.modules.get("jaxchat.training.stage")
+        describe = getattr(stage_module, "checkpoint_status", None)
+        if describe is None:
+            return "stopped during start-up; nothing was written"
+        directory = getattr(stage_module, "current_directory", None) or target.get("directory")
+        return describe(directory) if directory else "no training stage had started; no checkpoint was written"
 
-    def run() -> None:
-        run_stage(*parse(argv))
+    def on_sigint(signum, frame) -> None:
+        # First Ctrl-C in a training loop: stop at the next step boundary and save. Anywhere else (start-up,
+        # evals between stages, the tokenizer) and on a second Ctrl-C: exit now, without unwinding through
+        # JAX/XLA (a KeyboardInterrupt inside a compile could crash the interpreter's shutdown).
+        stop = getattr(sys.modules.get("jaxchat.training.loop"), "STOP", None)
+        if stop is not None and stop.request():
+            print("\ninterrupt: stopping at the next step boundary, then saving a checkpoint (Ctrl-C again to "
+                  "quit at once)", file=sys.stderr, flush=True)
+            return
+        message = f"\ninterrupted: {status()}"
+        sys.stdout.flush()
+        print(message, file=sys.stderr, flush=True)
+        os._exit(cli.INTERRUPTED)
 
-    return cli.report_errors(run)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+    try:
+        # Lazy: these import JAX, which --help does not need, and malloc's setting must precede JAX's start.
+        from jaxchat.host_memory import retain_freed_host_memory
+
+        retain_freed_host_memory()  # before JAX starts its CPU client; a no-op on GPU runs
+        from jaxchat.preflight import check_run
+        from jaxchat.recipe import run_stage
+        from jaxchat.training import stage as stage_module
+        from jaxchat.training.loop import Interrupted
+
+        stage_module.current_directory = None  # set by this run's first training stage (in-process callers)
+
+        def run() -> None:
+            stage, cfg = parse(argv)
+            check_run(stage, cfg, explicit=explicit_keys(argv))  # tokenizer size, memory: before any work
+            if stage in stages.checkpointed():
+                target["directory"] = jaxchat_home() / "checkpoints" / stage / cfg.run_tag
+            try:
+                run_stage(stage, cfg)
+            except Interrupted:
+                raise
+            except KeyboardInterrupt:  # raised by code rather than Ctrl-C: still say where the run stands
+                raise Interrupted(status()) from None
+
+        return cli.report_errors(run)
+    finally:
+        if previous is _quit_during_imports:  # a script about to exit: a Ctrl-C now changes nothing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        elif previous is not None:  # called in-process (tests): give the caller its handler back
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,18 @@
     engine = Engine(model, tokenizer)
 """
 
-from jaxchat.common import JaxchatError, jaxchat_home
-from jaxchat.model import GPT, GPTConfig, KVCache, estimate_flops, num_params
+import importlib
 
-# Heavier entry points (Orbax, tiktoken, grain) load on first use, so `import jaxchat` stays fast.
+from jaxchat.common import JaxchatError, jaxchat_home
+
+# Everything that imports JAX (or Orbax, tiktoken, grain) loads on first use, so `import jaxchat` and
+# the command lines' --help stay fast and a Ctrl-C at start-up never lands inside JAX's import.
 _LAZY = {
+    "GPT": "jaxchat.model",
+    "GPTConfig": "jaxchat.model",
+    "KVCache": "jaxchat.model",
+    "estimate_flops": "jaxchat.model",
+    "num_params": "jaxchat.model",
     "Engine": "jaxchat.engine",
     "Tokenizer": "jaxchat.tokenizer",
     "load_tokenizer": "jaxchat.tokenizer",
@@ -20,8 +27,6 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib  # lazy: only the lazy names need it
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'jaxchat' has no attribute {name!r}")
 

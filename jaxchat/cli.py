@@ -52,8 +52,8 @@ def report_errors(fn: Callable[[], Any]) -> int:
     except JaxchatError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # its message, when it has one, says what was saved
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return INTERRUPTED
 
 

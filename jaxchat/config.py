@@ -9,6 +9,10 @@ the command line changes single fields::
 Keys are ``section.field`` (``model.depth``, ``base.device_batch_size``, ``checkpoint.save_every``...);
 the run-level fields (``tag``, ``seed``, ``resume``, ``wandb_run``, ``source_tag``, ``source_step``)
 have no section. Unknown keys and values of the wrong type are refused with a one-line JaxchatError.
+Command-line values are text and are parsed (``1_000``, ``1e6``; booleans only ``true``/``false``);
+TOML presets and checkpoint metadata hold typed values, which must already have the field's type.
+Floats must be finite everywhere. ``validate(config, stage)`` checks the settings of the stages that
+``stage`` runs, and only those.
 
 The reading and overriding functions work on any frozen config dataclass (top-level fields and one
 level of sections): every entry point's config goes through them (``jaxchat.cli``).
@@ -47,6 +51,7 @@ class TokenizerSection:
     vocab_size: int = 65536
     max_chars: int = 2_000_000_000  # characters of the train shards to train on
     doc_cap: int = 10_000  # each document cut to this many characters
+    replace: bool = False  # retrain even if checkpoints use the current tokenizer (it is moved to tokenizer.old-<fp>/)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,38 +176,77 @@ _POSITIVE = {
     "sft.metrics_max_problems", "sft.task_scale", "checkpoint.keep_last", "chat_eval.max_new_tokens",
     "chat_eval.batch_size", "chat_eval.num_samples",
 }
-_NON_NEGATIVE = {"chat_eval.temperature", "chat_eval.top_k"}
+_NON_NEGATIVE = {"chat_eval.temperature", "chat_eval.top_k", "optim.embedding_lr", "optim.unembedding_lr",
+                 "optim.matrix_lr", "optim.weight_decay", "optim.grad_clip"}
+_UNIT_INTERVAL = {"base.warmup_ratio", "base.warmdown_ratio", "base.final_lr_frac"}
 _CHOICES = {"model.dtype": ("auto", "float32", "bfloat16"), "model.attention": ("auto", "blocked", "xla", "cudnn"),
             "chat_eval.source": tuple(stage.name for stage in stages.STAGES if stage.chat_evaluated)}
 
 
-def validate(config: RunConfig) -> RunConfig:
-    """Check cross-field rules; JaxchatError naming the key and the value otherwise."""
-    for key in _POSITIVE:
+def stages_run(stage: str) -> tuple[str, ...]:
+    """The registered stages ``train.py --stage=STAGE`` runs: ``all`` is every stage with ``in_all``,
+    plus chat_eval when one of them is chat-evaluated (docs/DESIGN.md: the order of ``all``)."""
+    if stage != "all":
+        stages.get(stage)  # JaxchatError naming the choices
+        return (stage,)
+    run = [spec.name for spec in stages.STAGES if spec.in_all]
+    if any(spec.chat_evaluated for spec in stages.STAGES if spec.in_all):
+        run.append("chat_eval")
+    return tuple(run)
+
+
+def sections_read(stage: str) -> tuple[str, ...]:
+    """The config sections ``stage`` (a registered stage or ``all``) reads, in RunConfig's order."""
+    every = tuple(f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default))
+    read = set()
+    for name in stages_run(stage):
+        sections = stages.get(name).sections
+        read.update(every if sections is None else sections)
+    return tuple(name for name in every if name in read)
+
+
+def validate(config: RunConfig, stage: str = "all") -> RunConfig:
+    """Check the rules of the settings ``stage`` reads (default ``all``: every stage's); JaxchatError
+    naming the key and the value otherwise. Run-level fields are always checked."""
+    sections = set(sections_read(stage))
+
+    def checked(key: str) -> bool:
+        return "." not in key or key.split(".", 1)[0] in sections
+
+    for key, value, _ in keys(config):
+        # Presets and the command line refuse inf/nan already; a config built in code may still hold one.
+        if checked(key) and isinstance(value, float) and not math.isfinite(value):
+            raise JaxchatError(f"{key}={value}: expected a finite number")
+    for key in sorted(filter(checked, _POSITIVE)):
         if get(config, key) <= 0:
             raise JaxchatError(f"{key}={get(config, key)}: expected a positive number")
-    for key in _NON_NEGATIVE:
+    for key in sorted(filter(checked, _NON_NEGATIVE)):
         if get(config, key) < 0:
-            raise JaxchatError(f"{key}={get(config, key)}: expected a number >= 0")
-    if config.chat_eval.max_problems == 0 or config.chat_eval.max_problems < -1:
+            what = " (0 disables clipping)" if key == "optim.grad_clip" else ""
+            raise JaxchatError(f"{key}={get(config, key)}: expected a number >= 0{what}")
+    for key in sorted(filter(checked, _UNIT_INTERVAL)):
+        if not 0 <= get(config, key) <= 1:
+            raise JaxchatError(f"{key}={get(config, key)}: expected a number in [0, 1]")
+    if "chat_eval" in sections and (config.chat_eval.max_problems == 0 or config.chat_eval.max_problems < -1):
         raise JaxchatError(f"chat_eval.max_problems={config.chat_eval.max_problems}: expected -1 (all) or a positive number")
     for key, choices in _CHOICES.items():
-        if get(config, key) not in choices:
+        if checked(key) and get(config, key) not in choices:
             raise JaxchatError(f"{key}={get(config, key)!r}: expected one of {', '.join(choices)}")
-    for stage in ("base", "mid"):
-        section = getattr(config, stage)
+    for name in ("base", "mid"):
+        if name not in sections:
+            continue
+        section = getattr(config, name)
         row_tokens = section.device_batch_size * config.model.sequence_len
         if section.total_batch_size % row_tokens:
             raise JaxchatError(
-                f"{stage}.total_batch_size={section.total_batch_size} is not a multiple of "
-                f"{stage}.device_batch_size × model.sequence_len = {row_tokens}")
-    if config.sft.examples_per_step % config.sft.device_batch_size:
+                f"{name}.total_batch_size={section.total_batch_size} is not a multiple of "
+                f"{name}.device_batch_size × model.sequence_len = {row_tokens}")
+    if "sft" in sections and config.sft.examples_per_step % config.sft.device_batch_size:
         raise JaxchatError(f"sft.examples_per_step={config.sft.examples_per_step} is not a multiple of "
                            f"sft.device_batch_size={config.sft.device_batch_size}")
-    if not 0 <= config.base.warmup_ratio + config.base.warmdown_ratio <= 1:
-        raise JaxchatError("base.warmup_ratio + base.warmdown_ratio must lie in [0, 1]")
-    if config.optim.grad_clip < 0:
-        raise JaxchatError(f"optim.grad_clip={config.optim.grad_clip}: expected >= 0 (0 disables clipping)")
+    if "base" in sections and not config.base.warmup_ratio + config.base.warmdown_ratio <= 1:
+        raise JaxchatError(f"base.warmup_ratio + base.warmdown_ratio = "
+                           f"{config.base.warmup_ratio + config.base.warmdown_ratio:g}: must lie in [0, 1]")
     return config
 
 
@@ -239,41 +283,50 @@ def _type_name(obj: Any, name: str) -> str:
     return getattr(_field_type(obj, name), "__name__", str(_field_type(obj, name)))
 
 
-def _coerce(key: str, value: Any, target: type) -> Any:
-    """``value`` (a TOML value or a command-line string) as ``target``; JaxchatError otherwise."""
-    if isinstance(value, str) and target is not str:
+def _coerce(key: str, value: Any, target: type, *, typed: bool, source: str) -> Any:
+    """``value`` as ``target``; JaxchatError naming the source (a file), key, value and type otherwise.
+
+    A command-line value (``typed=False``) is text and is parsed: an int as ``12``, ``1_000`` or
+    ``1e6``, a float as a finite number, a bool only as ``true`` or ``false`` (any case: ``1``/``0``/
+    ``yes``/``no`` are refused as ambiguous; ``--flag`` alone means true). A TOML or checkpoint value
+    (``typed=True``) must already have the field's type, an int standing for a float: ``depth = "4"``,
+    ``depth = 4.0`` or ``resume = "yes"`` in a preset is refused, not guessed at. Floats must be finite.
+    """
+    where = "" if source == "command line" else f"{source}: "
+    if not typed and isinstance(value, str) and target is not str:
         text = value.strip()
+        if target is bool:
+            if text.lower() not in ("true", "false"):
+                raise JaxchatError(f"{where}{key}={value!r}: expected bool (true or false)")
+            return text.lower() == "true"
         try:
-            if target is bool:
-                lowered = text.lower()
-                if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return lowered in ("true", "1", "yes")
-            if target is int:
-                number = float(text.replace("_", ""))  # accepts 1e6 and 1_000
-                if not number.is_integer():
-                    raise ValueError
-                return int(number)
-            if target is float:
-                number = float(text.replace("_", ""))
-                if not math.isfinite(number):
-                    raise ValueError
-                return number
+            number = float(text.replace("_", ""))  # accepts 1e6 and 1_000
         except ValueError:
-            raise JaxchatError(f"{key}={value!r}: expected {target.__name__}") from None
+            raise JaxchatError(f"{where}{key}={value!r}: expected {target.__name__}") from None
+        if target is int:
+            if not number.is_integer():
+                raise JaxchatError(f"{where}{key}={value!r}: expected int")
+            return int(number)
+        if not math.isfinite(number):
+            raise JaxchatError(f"{where}{key}={value!r}: expected a finite float")
+        return number
     if target is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if target is int and isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = float(value)
     if not isinstance(value, target) or (target is int and isinstance(value, bool)):
-        raise JaxchatError(f"{key}={value!r}: expected {target.__name__}, got {type(value).__name__}")
+        quoted = typed and isinstance(value, str)
+        hint = " (TOML values are typed: no quotes around numbers and booleans)" if quoted else ""
+        raise JaxchatError(f"{where}{key}={value!r}: expected {target.__name__}, got {type(value).__name__}{hint}")
+    if target is float and not math.isfinite(value):
+        raise JaxchatError(f"{where}{key}={value!r}: expected a finite float")
     return value
 
 
 def override(config: Any, updates: dict[str, Any], source: str = "command line",
-             prog: str = "python train.py") -> Any:
+             prog: str = "python train.py", *, typed: bool = False) -> Any:
     """A new config with ``updates`` ({dotted key: value}) applied; unknown keys are refused
-    (naming ``prog --help``, which lists them)."""
+    (naming ``prog --help``, which lists them). ``typed``: the values come from a TOML file or
+    checkpoint metadata (``source``) and must have each field's type; otherwise strings are parsed
+    as the command line's are (see ``_coerce``)."""
     known = {key for key, _, _ in keys(config)}
     sections: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
@@ -285,9 +338,10 @@ def override(config: Any, updates: dict[str, Any], source: str = "command line",
         if "." in key:
             section, name = key.split(".", 1)
             sub = getattr(config, section)
-            sections.setdefault(section, {})[name] = _coerce(key, value, _field_type(sub, name))
+            sections.setdefault(section, {})[name] = _coerce(key, value, _field_type(sub, name), typed=typed,
+                                                             source=source)
         else:
-            top[key] = _coerce(key, value, _field_type(config, key))
+            top[key] = _coerce(key, value, _field_type(config, key), typed=typed, source=source)
     for section, values in sections.items():
         top[section] = dataclasses.replace(getattr(config, section), **values)
     return dataclasses.replace(config, **top)
@@ -295,14 +349,30 @@ def override(config: Any, updates: dict[str, Any], source: str = "command line",
 
 def load_toml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
     """Apply a TOML preset (sections as tables, run-level keys at the top) on top of ``base``."""
+    return override(base or RunConfig(), _flatten(_read_toml(path)), source=str(path), typed=True)
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise JaxchatError(f"{path}: config file not found (presets live in configs/)") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise JaxchatError(f"{path}: not valid TOML ({e})") from None
-    return override(base or RunConfig(), _flatten(data), source=str(path))
+
+
+def explicit_keys(argv: list[str]) -> frozenset[str]:
+    """The dotted keys ``train.py``'s command line ``argv`` sets: its ``--key=value`` overrides and
+    every key of its ``--config`` preset (not ``stage`` and ``config`` themselves).
+
+    A check that must tell a value the user chose from a default reads this (``jaxchat.preflight``:
+    ``tokenizer.vocab_size`` is refused only when set and different from the tokenizer's).
+    """
+    options = parse_overrides(list(argv))
+    options.pop("stage", None)
+    preset = options.pop("config", None)
+    return frozenset(options) | (frozenset(_flatten(_read_toml(preset))) if preset else frozenset())
 
 
 def _flatten(data: dict[str, Any]) -> dict[str, Any]:
@@ -348,4 +418,4 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Inverse of :func:`to_dict` (unknown keys refused, like a preset)."""
-    return override(RunConfig(), _flatten(data), source="checkpoint metadata")
+    return override(RunConfig(), _flatten(data), source="checkpoint metadata", typed=True)

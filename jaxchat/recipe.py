@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 from jaxchat import stages
-from jaxchat.checkpoint import checkpoint_dir, read_meta
+from jaxchat.checkpoint import checkpoint_dir, committed_steps, read_meta
 from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.config import RunConfig
 from jaxchat.data import download as downloader
@@ -70,13 +70,12 @@ def run_stage(stage: str, cfg: RunConfig) -> None:
 
 def stage_status(stage: str, tag: str) -> str:
     """'done' (final checkpoint written), 'partial' (interrupted) or 'none' for ``stage``/``tag``."""
-    directory = checkpoint_dir(stage, tag)
-    if not directory.is_dir():
+    if not committed_steps(checkpoint_dir(stage, tag)):
         return "none"
-    try:
+    try:  # the latest intact step (a newer damaged one: a warning line, and the stage resumes before it)
         return "done" if read_meta(stage, tag).get("final") else "partial"
-    except JaxchatError:
-        return "none"
+    except JaxchatError:  # no intact step: the stage's --resume says so, in one line
+        return "partial"
 
 
 def run_all(cfg: RunConfig) -> None:

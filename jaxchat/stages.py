@@ -49,23 +49,34 @@ class StageSpec:
     optimizer: OptimizerOverrides = OptimizerOverrides()
     chat_evaluated: bool = False  # --stage=all runs chat_eval on its checkpoint right after it
     in_all: bool = True  # part of --stage=all
+    # The config sections it reads: `validate` checks only those, so a run is never refused for the
+    # settings of a stage it does not run. None: every section.
+    sections: tuple[str, ...] | None = None
 
     def run(self, cfg: RunConfig) -> Any:
         module, function = self.runner.split(":")
         return getattr(importlib.import_module(module), function)(cfg)
 
 
+_TRAINING = ("model", "tokenizer", "optim")  # + the stage's own section and checkpoint (vocab_size: jaxchat.preflight)
+
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("download", "Download", "jaxchat.recipe:download", in_all=False),  # the only one using the network
-    StageSpec("tokenizer", "Tokenizer training", "jaxchat.recipe:tokenizer"),
-    StageSpec("base", "Base training", "jaxchat.training.base:train_base", checkpointed=True),
+    # The only stage that uses the network: the shards for the tokenizer's characters and base's horizon.
+    StageSpec("download", "Download", "jaxchat.recipe:download", in_all=False,
+              sections=("model", "tokenizer", "base")),
+    StageSpec("tokenizer", "Tokenizer training", "jaxchat.recipe:tokenizer", sections=("tokenizer",)),
+    StageSpec("base", "Base training", "jaxchat.training.base:train_base", checkpointed=True,
+              sections=(*_TRAINING, "base", "checkpoint")),
     StageSpec("mid", "Mid training", "jaxchat.training.mid:train_mid", starts_from="base", checkpointed=True,
-          chat_evaluated=True, optimizer=OptimizerOverrides(clip_gradients=False)),  # nanochat clips in base only
+              chat_evaluated=True, optimizer=OptimizerOverrides(clip_gradients=False),  # as nanochat: base only
+              sections=(*_TRAINING, "mid", "checkpoint")),
     StageSpec("sft", "SFT training", "jaxchat.training.sft:train_sft", starts_from="mid", checkpointed=True,
-          chat_evaluated=True,
-          optimizer=OptimizerOverrides(lr_frac=_sft_lr, clip_gradients=False, muon_momentum=0.95)),
-    StageSpec("chat_eval", "Chat evaluation", "jaxchat.recipe:chat_eval", in_all=False),  # all: after each stage
-    StageSpec("report", "Report", "jaxchat.recipe:report"),
+              chat_evaluated=True,
+              optimizer=OptimizerOverrides(lr_frac=_sft_lr, clip_gradients=False, muon_momentum=0.95),
+              sections=(*_TRAINING, "sft", "checkpoint")),
+    StageSpec("chat_eval", "Chat evaluation", "jaxchat.recipe:chat_eval", in_all=False,  # all: after each stage
+              sections=("chat_eval",)),
+    StageSpec("report", "Report", "jaxchat.recipe:report", sections=()),
 )
 
 

@@ -226,12 +226,15 @@ def test_load_model_round_trip(saved_lm, fineweb_tokenizer):
 
 
 def test_load_model_refuses_other_tokenizer_and_shapes(saved_lm, tmp_path):
-    meta_file = next((tmp_path / "checkpoints" / "sft" / "d1" / "7" / "meta").iterdir())
+    step_dir = tmp_path / "checkpoints" / "sft" / "d1" / "7"
+    meta_file = step_dir / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({**meta, "tokenizer_fingerprint": "0" * 64}))
+    ck.write_checksums(step_dir)  # a deliberate edit: re-seal it (otherwise it is refused as damaged)
     with pytest.raises(JaxchatError, match="trained with tokenizer 000000000000 but the current tokenizer"):
         load_model("sft")
     meta_file.write_text(json.dumps({**meta, "model_config": {**meta["model_config"], "n_embd": 64, "n_head": 4}}))
+    ck.write_checksums(step_dir)
     with pytest.raises(JaxchatError, match=r"does not fit the model's parameters: h/0/attn/c_k/kernel: checkpoint \(32, 32\) vs model \(64, 32\)"):
         load_model("sft")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxchat.common import JaxchatError
-from jaxchat.training.loop import LoopSpec, run_loop
+from jaxchat.training.loop import STOP, Interrupted, LoopSpec, run_loop
 from jaxchat.training.step import TrainState
 
 
@@ -68,3 +68,34 @@ def test_divergence_stops_before_anything_is_saved():
     with pytest.raises(JaxchatError, match="step 3: loss nan.*diverged"):
         run([2.0, 1.5, float("nan"), 1.0, 1.0], num_steps=5, n_batches=5, save_every=2, saves=saves)
     assert saves == [(2, False)]  # the step-2 checkpoint stays the newest; nothing after it is written
+
+
+def test_a_stop_request_ends_the_loop_at_the_next_step_boundary_with_a_save():
+    """What train.py's SIGINT handler asks: the step in flight finishes, a (non-final) checkpoint of
+    it is saved, the final evals and final save do not run, and Interrupted says where the loop stopped."""
+    assert not STOP.request()  # no loop running: the handler must exit at once instead
+    losses = [3.0, 2.0, 1.0, 0.5, 0.25]
+    step = fake_step(losses)
+
+    def step_then_ctrl_c(state, batch, lrm):
+        if int(state.step) == 2:
+            assert STOP.request() and not STOP.request()  # the first request is taken, a second one is not
+        return step(state, batch, lrm)
+
+    spec = LoopSpec(stage="test", num_steps=5, lr_multiplier=lambda s, p: 1.0, flops_per_token=1.0, peak_flops=None,
+                    eval_hooks=((1, lambda s: {"val": 1.0}),))
+    saves, logs = [], []
+    with pytest.raises(Interrupted, match="test stopped after step 3"):
+        run_loop(spec, TrainState(jnp.int32(0), {}, ()), step_then_ctrl_c, batches(5),
+                 save=lambda s, m, final: saves.append((int(s.step), final)), log=lambda s, m: logs.append(s))
+    assert saves == [(3, False)]  # the steps done are kept; the step in flight was reported first
+    assert logs[-1] == 3 and STOP.requested() and not STOP.request()
+
+
+def test_a_stop_requested_before_the_first_step_saves_nothing():
+    saves = []
+    with STOP.running():
+        assert STOP.request()  # e.g. Ctrl-C while the stage restored its state
+        with pytest.raises(Interrupted, match="before its first step"):
+            run([1.0] * 3, num_steps=3, n_batches=3, saves=saves)
+    assert saves == []

@@ -65,7 +65,7 @@ def test_stage_all_runs_the_whole_recipe(home, capsys):
     assert any("val_bpb" in line for line in lines)
 
 
-def test_resume_continues_exactly(home, monkeypatch):
+def test_resume_continues_exactly(home, monkeypatch, capsys):
     """N steps, a crash right after a checkpoint, --resume for N more == 2N steps straight."""
     assert run("--stage=tokenizer") == 0
     common = ["--stage=base", "--base.num_iterations=6", "--checkpoint.save_every=3", "--base.eval_every=100"]
@@ -80,9 +80,13 @@ def test_resume_continues_exactly(home, monkeypatch):
             raise KeyboardInterrupt  # the process dies right after step 3's checkpoint
 
     monkeypatch.setattr(StageCheckpointer, "save", save_then_crash)
+    capsys.readouterr()
     assert run(*common, "--tag=crashed") == 130
     monkeypatch.setattr(StageCheckpointer, "save", original_save)
     assert find_checkpoint("base", "crashed")[1] == 3
+    directory = home / "checkpoints" / "base" / "crashed"
+    assert capsys.readouterr().err.strip() == (f"interrupted: the latest complete checkpoint is step 3 "
+                                               f"({directory / '3'}); --resume continues from it")
     assert run(*common, "--tag=crashed", "--resume") == 0
 
     straight, resumed = params_of("base", "straight"), params_of("base", "crashed")
@@ -112,3 +116,63 @@ def test_refusals_come_before_any_work(home, capsys):
     assert "unknown config key 'base.num_iteration'" in capsys.readouterr().err
     assert run("--stage=base", "--model.dtype=fp8") == 2
     assert "model.dtype" in capsys.readouterr().err
+
+
+def test_resume_after_a_crash_before_the_first_checkpoint_starts_fresh(home, monkeypatch, capsys):
+    assert run("--stage=tokenizer") == 0
+    import jaxchat.training.stage as stage_module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies before the loop has saved anything
+
+    original = stage_module.run_loop
+    monkeypatch.setattr(stage_module, "run_loop", crash)
+    capsys.readouterr()
+    assert run("--stage=base", "--base.num_iterations=2") == 130
+    directory = home / "checkpoints" / "base" / "tiny"
+    assert capsys.readouterr().err.strip() == (f"interrupted: no checkpoint was saved in {directory}; "
+                                               "the next run starts fresh")
+    (directory / "1.orbax-checkpoint-tmp" / "params").mkdir(parents=True)  # and a save killed midway
+    monkeypatch.setattr(stage_module, "run_loop", original)
+    assert run("--stage=base", "--base.num_iterations=2", "--resume") == 0
+    out = capsys.readouterr().out
+    assert f"base: --resume: no checkpoint in {directory} yet; starting fresh\n" in out
+    assert find_checkpoint("base", "tiny")[1] == 2
+
+
+def test_a_tokenizer_checkpoints_use_is_not_replaced_and_resume_checks_it(home, capsys):
+    from jaxchat.model.load import load_model
+    from jaxchat.tokenizer import load_tokenizer
+
+    assert run("--stage=tokenizer") == 0
+    old = load_tokenizer().fingerprint()
+    assert run("--stage=base", "--base.num_iterations=2") == 0
+    capsys.readouterr()
+    # Retraining under checkpoints that use it: refused before any work, saying how to proceed.
+    assert run("--stage=tokenizer", "--tokenizer.max_chars=300000") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: refusing to replace {home / 'tokenizer'}: 1 checkpoint(s) were trained with "
+                          f"this tokenizer ({old[:12]})") and err.count("\n") == 1
+    assert "--tokenizer.replace=true" in err and f"tokenizer.old-{old[:12]}" in err
+    assert load_tokenizer().fingerprint() == old
+    # Told explicitly: a new tokenizer, the old one moved aside (never deleted).
+    assert run("--stage=tokenizer", "--tokenizer.max_chars=300000", "--tokenizer.replace=true") == 0
+    new = load_tokenizer().fingerprint()
+    aside = home / f"tokenizer.old-{old[:12]}"
+    assert new != old and load_tokenizer(aside).fingerprint() == old
+    assert f"moved the previous tokenizer ({old[:12]}, used by 1 checkpoint(s)) to {aside}" in capsys.readouterr().out
+    # The run's own checkpoints were trained with the old one: --resume refuses, naming both, before any work.
+    directory = home / "checkpoints" / "base" / "tiny"
+    before = sorted(p.name for p in directory.iterdir())
+    assert run("--stage=base", "--base.num_iterations=4", "--resume") == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: {directory / '2'} was trained with tokenizer {old[:12]} but the current "
+                          f"tokenizer is {new[:12]}") and err.count("\n") == 1
+    assert "base step" not in out and sorted(p.name for p in directory.iterdir()) == before
+    with pytest.raises(Exception, match=f"trained with tokenizer {old[:12]} but the current tokenizer is {new[:12]}"):
+        load_model("base", "tiny")
+    # Putting the old tokenizer back is the way to continue.
+    (home / "tokenizer").rename(home / "tokenizer.new")
+    aside.rename(home / "tokenizer")
+    assert run("--stage=base", "--base.num_iterations=3", "--resume") == 0
+    assert read_meta("base", "tiny")["step"] == 3 and read_meta("base", "tiny")["tokenizer_fingerprint"] == old

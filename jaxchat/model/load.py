@@ -42,6 +42,20 @@ def config_from_meta(meta: dict) -> GPTConfig:
         raise JaxchatError(f"{where}: bad model_config {config}: {e}") from e
 
 
+def check_tokenizer(meta: dict, tokenizer: Any, remedy: str = "retrain from that stage or restore the "
+                                                                 "matching tokenizer") -> None:
+    """JaxchatError (one line naming both fingerprints) when ``meta``'s checkpoint was trained with
+    another tokenizer than ``tokenizer``. A tokenizer replaced with ``tokenizer.replace=true`` is kept
+    as ``$JAXCHAT_HOME/tokenizer.old-<fingerprint[:12]>/``."""
+    where = meta.get("checkpoint", f"{meta.get('stage', '?')} checkpoint step {meta.get('step', '?')}")
+    fingerprint = tokenizer.fingerprint()
+    saved = str(meta.get("tokenizer_fingerprint"))
+    if saved != fingerprint:
+        raise JaxchatError(f"{where} was trained with tokenizer {saved[:12]} but the current tokenizer is "
+                           f"{fingerprint[:12]}; {remedy} (a replaced tokenizer is kept as "
+                           f"tokenizer.old-{saved[:12]}/ next to tokenizer/)")
+
+
 def check_compatible(meta: dict, model_config: GPTConfig | dict, tokenizer: Any) -> None:
     """JaxchatError when a source checkpoint cannot seed a model of ``model_config`` with ``tokenizer``.
 
@@ -54,11 +68,7 @@ def check_compatible(meta: dict, model_config: GPTConfig | dict, tokenizer: Any)
     diffs = [f"{k}={saved.get(k)!r} (model wants {wanted.get(k)!r})" for k in SHAPE_FIELDS if saved.get(k) != wanted.get(k)]
     if diffs:
         raise JaxchatError(f"{where} has a different model shape: {', '.join(diffs)}")
-    fingerprint = tokenizer.fingerprint()
-    if meta.get("tokenizer_fingerprint") != fingerprint:
-        raise JaxchatError(
-            f"{where} was trained with tokenizer {str(meta.get('tokenizer_fingerprint'))[:12]} but the current "
-            f"tokenizer is {fingerprint[:12]}; retrain from that stage or restore the matching tokenizer")
+    check_tokenizer(meta, tokenizer)
     if tokenizer.get_vocab_size() != wanted.get("vocab_size"):
         raise JaxchatError(f"tokenizer vocab size {tokenizer.get_vocab_size()} does not match model vocab_size "
                            f"{wanted.get('vocab_size')}")

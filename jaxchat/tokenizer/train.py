@@ -8,11 +8,18 @@ The ``tokenizer`` section is the one of ``train.py`` (``--stage=tokenizer`` runs
 ``doc_cap`` characters. ``--data_dir=""`` reads ``$JAXCHAT_HOME/base_data``; ``--out_dir=""`` writes
 ``$JAXCHAT_HOME/tokenizer``. The validation shard (the last one) is never read. The save is atomic,
 so an interrupted run never leaves a tokenizer that loads half-written.
+
+A tokenizer that checkpoints were trained with (its fingerprint is in the meta of a step under
+``$JAXCHAT_HOME/checkpoints/*/*/``) is not replaced: the run is refused before any work, unless
+``--tokenizer.replace=true``; then, once the new one is trained, the old directory is moved to
+``tokenizer.old-<fingerprint[:12]>/`` beside it (never deleted), where those checkpoints can get it back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -42,23 +49,75 @@ class TokenizerTrainConfig:
     tokenizer: TokenizerSection = TokenizerSection()
 
 
+def saved_fingerprint(directory: Path) -> str | None:
+    """The fingerprint of the tokenizer saved in ``directory``; None when there is none. A tokenizer
+    that no longer loads is identified by the fingerprint its ``tokenizer.json`` records."""
+    json_path = directory / "tokenizer.json"
+    if not json_path.is_file():
+        return None
+    try:
+        return Tokenizer.from_directory(directory).fingerprint()
+    except JaxchatError:
+        try:
+            fingerprint = json.loads(json_path.read_text(encoding="utf-8")).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return fingerprint if isinstance(fingerprint, str) else None
+
+
+def _aside(out: Path, fingerprint: str) -> Path:
+    """Where a replaced tokenizer goes: ``<out>.old-<fingerprint[:12]>`` (``-2``, ``-3``… if taken)."""
+    aside = out.with_name(f"{out.name}.old-{fingerprint[:12]}")
+    n = 2
+    while aside.exists():
+        aside, n = out.with_name(f"{out.name}.old-{fingerprint[:12]}-{n}"), n + 1
+    return aside
+
+
+def check_replacement(out: Path, replace: bool) -> tuple[str, list[Path]] | None:
+    """Before any work: JaxchatError when the tokenizer in ``out`` is one that checkpoints were trained
+    with and ``replace`` is false (saying how to proceed). Returns ``(its fingerprint, the checkpoints)``
+    when there are such checkpoints (and ``replace``), else None."""
+    fingerprint = saved_fingerprint(out)
+    if fingerprint is None:
+        return None
+    # Function-local: jaxchat.checkpoint imports JAX and Orbax, needed only when a tokenizer already exists.
+    from jaxchat.checkpoint import tokenizer_users
+
+    users = tokenizer_users(fingerprint)
+    if not users:
+        return None
+    if not replace:
+        raise JaxchatError(
+            f"refusing to replace {out}: {len(users)} checkpoint(s) were trained with this tokenizer "
+            f"({fingerprint[:12]}), e.g. {users[-1]}; a new one would orphan them. To train a new tokenizer anyway "
+            f"pass --tokenizer.replace=true: the current one is then moved to {_aside(out, fingerprint)}/ (never "
+            f"deleted), where those checkpoints can get it back")
+    return fingerprint, users
+
+
 def train_tokenizer(
     max_chars: int = 2_000_000_000,
     doc_cap: int = 10_000,
     vocab_size: int = 65536,
     data_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
+    *,
+    replace: bool = False,
 ) -> Tokenizer:
     """Train on up to ``max_chars`` characters of the train shards (documents cut to ``doc_cap``).
 
     Saves to ``out_dir`` (default ``$JAXCHAT_HOME/tokenizer``), writes the "Tokenizer training"
-    report section, prints a summary and returns the tokenizer.
+    report section, prints a summary and returns the tokenizer. A tokenizer there that checkpoints
+    were trained with is refused before any work unless ``replace``, and then moved aside, never
+    deleted (``check_replacement``).
     """
     for name, value in (("max_chars", max_chars), ("doc_cap", doc_cap)):
         if value < 1:
             raise JaxchatError(f"{name} is {value}, expected a positive number")
-    train_paths, val_paths = split_shards(list_shards(data_dir))
     out = Path(out_dir) if out_dir is not None else default_tokenizer_dir()
+    replaced = check_replacement(out, replace)
+    train_paths, val_paths = split_shards(list_shards(data_dir))
     print(
         f"tokenizer: vocab {vocab_size:,} from up to {max_chars:,} chars of {len(train_paths)} train shard(s) "
         f"(docs cut to {doc_cap:,} chars; {val_paths[0].name} held out)"
@@ -79,6 +138,16 @@ def train_tokenizer(
         bar.total = seen["chars"]  # the shards may hold fewer characters than asked for
         bar.refresh()
 
+    if replaced is not None:
+        old_fingerprint, users = replaced
+        if old_fingerprint == tokenizer.fingerprint():
+            print(f"tokenizer: the new tokenizer is identical to the current one ({old_fingerprint[:12]}); "
+                  f"the {len(users)} checkpoint(s) trained with it stay valid")
+        else:
+            aside = _aside(out, old_fingerprint)
+            os.replace(out, aside)
+            print(f"tokenizer: moved the previous tokenizer ({old_fingerprint[:12]}, used by {len(users)} "
+                  f"checkpoint(s)) to {aside}")
     tokenizer.save(out)
     if Tokenizer.from_directory(out) != tokenizer:  # cheap end-to-end check of what others will load
         raise JaxchatError(f"{out}: the saved tokenizer does not load back identically")
@@ -122,7 +191,7 @@ def run(config: TokenizerTrainConfig) -> Tokenizer:
     validate(config)
     section = config.tokenizer
     return train_tokenizer(section.max_chars, section.doc_cap, section.vocab_size, config.data_dir or None,
-                           config.out_dir or None)
+                           config.out_dir or None, replace=section.replace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,10 +4,17 @@ The device is never left waiting on the host: step k+1 is dispatched before the 
 read (the only host sync, needed for the log line), and batches arrive already on the device through
 the pipeline's prefetcher. The loop stops at ``num_steps`` or when the batches run out (one epoch of
 mid / SFT), saves a final checkpoint, and returns the last metrics.
+
+Interrupts: ``STOP`` is how an entry point's SIGINT handler (``train.py``) asks a running loop to stop.
+The loop checks it between steps only, so a Ctrl-C never lands inside a compile, a step or a save;
+it then reads the pending metrics, saves a (non-final) checkpoint of the steps done and raises
+``Interrupted``. ``STOP.request()`` returns False when no loop is running to honour it (the handler
+then exits at once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -23,6 +30,49 @@ from jaxchat.training.step import TrainState
 
 # An eval hook: (every, fn(state) -> {metric: float}); every ≤ 0 → only at the end.
 EvalHook = tuple[int, Callable[[TrainState], dict[str, float]]]
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run stopped at a step boundary because SIGINT asked it to; the message says what was saved."""
+
+
+class StopRequest:
+    """A stop asked of the running training loop (set from a SIGINT handler, read between steps).
+
+    Touched only by the main thread (signal handlers run there): plain attributes, no lock that a
+    handler could find held by the code it interrupted.
+    """
+
+    def __init__(self) -> None:
+        self._depth = 0  # nested ``running()`` blocks (a stage's run around its loop)
+        self._requested = False
+
+    def request(self) -> bool:
+        """Ask the running loop to stop; True when one is running and this is the first request
+        (the loop will stop at its next step boundary), False otherwise (the caller should exit)."""
+        if self._depth and not self._requested:
+            self._requested = True
+            return True
+        return False
+
+    def requested(self) -> bool:
+        """Was a stop requested since the outermost ``running()`` block began?"""
+        return self._requested
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Requests are honoured (not refused) inside: the outermost block starts with none; the
+        request stays readable after it."""
+        if self._depth == 0:
+            self._requested = False
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+
+STOP = StopRequest()
 
 
 @dataclasses.dataclass
@@ -105,32 +155,42 @@ def run_loop(spec: LoopSpec, state: TrainState, train_step: Callable, batches: I
     step, progress = start_step, 0.0
     host_cpu = jax.local_devices(backend="cpu")[0]
     pending: tuple[int, dict, float, int] | None = None  # the step in flight whose metrics are unread
+    stopped = False
     try:
-        while spec.num_steps is None or step < spec.num_steps:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
-            progress = float(batch.pop("progress", progress))
-            # Schedules are jnp functions; evaluated on the host CPU, reading one never waits for the
-            # accelerator's queue (which would be a host sync per step).
-            with jax.default_device(host_cpu):
-                lrm = np.float32(spec.lr_multiplier(step, progress))
-            arrays = {"inputs": batch["inputs"], "targets": batch["targets"]}
-            state, device_metrics = train_step(state, arrays, lrm)
-            if pending is not None:
-                report(*pending)  # step k-1's metrics are read while step k runs
-            # tok/s counts what the device computes (padding included): the batch's size, no sync.
-            pending = (step, device_metrics, progress, int(np.prod(batch["inputs"].shape)))
-            step += 1
-            bar.update(1)
-            if step != spec.num_steps and _due(spec, step):  # the last step gets the final round below
-                # Evals and saves need the params after `step` steps: read the metrics now.
-                report(*pending)
-                pending = None
-                evaluate_and_save(state, step, final=False)
+        with STOP.running():
+            while spec.num_steps is None or step < spec.num_steps:
+                if STOP.requested():  # a step boundary: nothing is being computed or saved
+                    stopped = True
+                    break
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                progress = float(batch.pop("progress", progress))
+                # Schedules are jnp functions; evaluated on the host CPU, reading one never waits for the
+                # accelerator's queue (which would be a host sync per step).
+                with jax.default_device(host_cpu):
+                    lrm = np.float32(spec.lr_multiplier(step, progress))
+                arrays = {"inputs": batch["inputs"], "targets": batch["targets"]}
+                state, device_metrics = train_step(state, arrays, lrm)
+                if pending is not None:
+                    report(*pending)  # step k-1's metrics are read while step k runs
+                # tok/s counts what the device computes (padding included): the batch's size, no sync.
+                pending = (step, device_metrics, progress, int(np.prod(batch["inputs"].shape)))
+                step += 1
+                bar.update(1)
+                if step != spec.num_steps and _due(spec, step):  # the last step gets the final round below
+                    # Evals and saves need the params after `step` steps: read the metrics now.
+                    report(*pending)
+                    pending = None
+                    evaluate_and_save(state, step, final=False)
         if pending is not None:
             report(*pending)
+        if stopped:
+            if step > start_step:  # keep the steps done (a step already saved is not written again)
+                save(state, last, False)
+            raise Interrupted(f"{spec.stage} stopped after step {step}" if step > start_step else
+                              f"{spec.stage} stopped before its first step")
         evaluate_and_save(state, step, final=True)
     finally:
         bar.close()

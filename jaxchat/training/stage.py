@@ -8,6 +8,7 @@ missing or incompatible source checkpoint, a missing eval bundle) is checked bef
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -15,7 +16,8 @@ import numpy as np
 from flax import nnx
 
 from jaxchat import host_memory, runtime, sharding, stages
-from jaxchat.checkpoint import StageCheckpointer, checkpoint_dir, complete_steps, find_checkpoint, load_params, read_meta
+from jaxchat.checkpoint import (RESUME_ITEMS, StageCheckpointer, checkpoint_dir, committed_steps, complete_steps,
+                                find_checkpoint, latest_intact_step, load_params, read_meta)
 from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.config import RunConfig
 from jaxchat.data.cache import EVAL_BUNDLE_DIR, download_command
@@ -26,11 +28,29 @@ from jaxchat.eval.chat import run_categorical
 from jaxchat.eval.core import evaluate_core
 from jaxchat.metrics_log import MetricsLogger
 from jaxchat.model import GPTConfig, estimate_flops, num_params
-from jaxchat.model.load import check_compatible
+from jaxchat.model.load import check_compatible, check_tokenizer
 from jaxchat.report import write_section
 from jaxchat.training.build import abstract_state, build_model, build_optimizer, checkpoint_meta
-from jaxchat.training.loop import LoopSpec, estimate_time, format_plan, run_loop
+from jaxchat.training.loop import STOP, Interrupted, LoopSpec, estimate_time, format_plan, run_loop
 from jaxchat.training.step import TrainState, init_train_state, make_train_step
+
+
+# The checkpoint directory of the stage this process runs (the last one started): what an interrupt
+# message describes (``checkpoint_status``).
+current_directory: Path | None = None
+
+
+def checkpoint_status(directory: Path | None = None) -> str:
+    """Where a stage's checkpoints stand on disk right now (default: the current stage's), for the
+    message of an interrupted run: the latest complete step and its path, or that there is none."""
+    directory = directory or current_directory
+    if directory is None:
+        return "no training stage had started; nothing was saved"
+    steps = complete_steps(directory)
+    if not steps:
+        return f"no checkpoint was saved in {directory}; the next run starts fresh"
+    return (f"the latest complete checkpoint is step {steps[-1]} ({directory / str(steps[-1])}); "
+            "--resume continues from it")
 
 
 class Stage:
@@ -46,14 +66,23 @@ class Stage:
         self.runtime = plan or runtime.for_this_machine(cfg.model)
         self.model_config = model_config
         self.directory = checkpoint_dir(name, cfg.run_tag)
-        steps = complete_steps(self.directory) if self.directory.is_dir() else []
-        latest = steps[-1] if steps else None
-        if cfg.resume and latest is None:
-            raise JaxchatError(f"--resume: no complete checkpoint in {self.directory} to resume from")
-        if not cfg.resume and latest is not None:
-            raise JaxchatError(f"{self.directory} already holds a run (latest step {latest}); pass --resume to "
+        global current_directory
+        current_directory = self.directory
+        steps = committed_steps(self.directory)
+        if not cfg.resume and steps:
+            raise JaxchatError(f"{self.directory} already holds a run (latest step {steps[-1]}); pass --resume to "
                                f"continue it or --tag=NEW to start another")
-        self.resume_step = latest if cfg.resume else None
+        self.resume_step = None
+        if cfg.resume:
+            # The newest step that verifies with its optimizer state (newer damaged ones: a warning line each).
+            self.resume_step = latest_intact_step(self.directory, None, RESUME_ITEMS,
+                                                  hint=f"; delete {self.directory} to start this run over")
+            if self.resume_step is None:  # e.g. the run stopped before its first save
+                print(f"{name}: --resume: no checkpoint in {self.directory} yet; starting fresh", flush=True)
+            else:  # the run's own tokenizer, before any work
+                check_tokenizer(read_meta(name, cfg.run_tag, self.resume_step), tokenizer,
+                                remedy="restore the tokenizer this run was trained with, or start a new run "
+                                       "with --tag=NEW")
         self.evals: list[tuple[int, Callable[[TrainState], dict[str, float]]]] = []
         self.source: str | None = None
         self.graphdef = self.params = self.tx = None
@@ -124,7 +153,17 @@ class Stage:
 
     def run(self, data, *, num_steps: int | None, lr_multiplier: Callable[[int, float], float], accum: int,
             plan: list[tuple[str, Any]], total_flops: float | None = None) -> dict[str, Any]:
-        """Resume or start, print the plan, train, checkpoint, write the report section."""
+        """Resume or start, print the plan, train, checkpoint, write the report section.
+
+        A SIGINT from here on (``loop.STOP``) stops the loop at its next step boundary (the first
+        one if it comes before the loop starts), which saves; the stage then raises ``Interrupted``
+        saying which checkpoint is the latest complete one."""
+        with STOP.running():
+            return self._run(data, num_steps=num_steps, lr_multiplier=lr_multiplier, accum=accum, plan=plan,
+                             total_flops=total_flops)
+
+    def _run(self, data, *, num_steps: int | None, lr_multiplier: Callable[[int, float], float], accum: int,
+             plan: list[tuple[str, Any]], total_flops: float | None) -> dict[str, Any]:
         cfg, mc = self.cfg, self.model_config
         self.checkpointer = StageCheckpointer(self.directory, max_to_keep=cfg.checkpoint.keep_last)
         state = init_train_state(self.params, self.tx) if self.resume_step is None else None
@@ -181,14 +220,21 @@ class Stage:
             if final:
                 self.checkpointer.wait()
 
+        stopped: Interrupted | None = None
         try:
             state, last = run_loop(spec, state, train_step, batches, save=save,
                                    log=lambda step, m: logger.log(step, **{k: v for k, v in m.items() if k != "step"}))
+        except Interrupted as e:  # SIGINT: the loop stopped at a step boundary and saved
+            stopped = e
         finally:
             batches.close()  # stop the prefetch threads
             logger.close()
-            self.checkpointer.close()
+            self.checkpointer.close()  # waits for the last save to commit
+        if stopped is not None:  # said after the commit, so the step named is on disk
+            raise Interrupted(f"{stopped}; {checkpoint_status(self.directory)}") from None
         self._report(header, last, time.perf_counter() - t0)
+        if STOP.requested():  # SIGINT during the final evals or save: the stage finished, stop here
+            raise Interrupted(f"{self.name} finished; {checkpoint_status(self.directory)}")
         return last
 
     def _device_batches(self, iterator, accum: int, mesh):
