@@ -143,6 +143,14 @@ class CheckpointSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataSection:
+    """Where the data comes from (jaxchat/data/offline.py, jaxchat/tasks/mixtures.py)."""
+
+    offline: bool = False  # use what this machine has: tasks, CORE and chat evals that need the network are skipped (one line each)
+    custom_json: str = ""  # .jsonl files of conversations (comma-separated) added to the mid and SFT train mixtures
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything ``train.py`` needs. ``tag`` defaults to ``d<depth>``."""
 
@@ -160,6 +168,7 @@ class RunConfig:
     sft: SFTSection = SFTSection()
     chat_eval: ChatEvalSection = ChatEvalSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    data: DataSection = DataSection()
 
     @property
     def run_tag(self) -> str:

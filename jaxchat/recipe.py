@@ -15,6 +15,7 @@ from jaxchat.checkpoint import checkpoint_dir, committed_steps, read_meta
 from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.config import RunConfig
 from jaxchat.data import download as downloader
+from jaxchat.data.offline import resolve_config
 from jaxchat.eval import chat as chat_evaluator
 from jaxchat.model import GPTConfig
 from jaxchat.report import assemble
@@ -62,6 +63,7 @@ def report(cfg: RunConfig) -> None:
 
 def run_stage(stage: str, cfg: RunConfig) -> None:
     """Run ``stage`` (a name from ``jaxchat.stages``, or ``all``) with ``cfg``."""
+    cfg = resolve_config(cfg)  # data.offline: CORE and the chat-eval tasks that need the network are skipped
     if stage == "all":
         run_all(cfg)
     else:

@@ -66,16 +66,16 @@ STAGES: tuple[StageSpec, ...] = (
               sections=("model", "tokenizer", "base")),
     StageSpec("tokenizer", "Tokenizer training", "jaxchat.recipe:tokenizer", sections=("tokenizer",)),
     StageSpec("base", "Base training", "jaxchat.training.base:train_base", checkpointed=True,
-              sections=(*_TRAINING, "base", "checkpoint")),
+              sections=(*_TRAINING, "base", "checkpoint", "data")),
     StageSpec("mid", "Mid training", "jaxchat.training.mid:train_mid", starts_from="base", checkpointed=True,
               chat_evaluated=True, optimizer=OptimizerOverrides(clip_gradients=False),  # as nanochat: base only
-              sections=(*_TRAINING, "mid", "checkpoint")),
+              sections=(*_TRAINING, "mid", "checkpoint", "data")),
     StageSpec("sft", "SFT training", "jaxchat.training.sft:train_sft", starts_from="mid", checkpointed=True,
               chat_evaluated=True,
               optimizer=OptimizerOverrides(lr_frac=_sft_lr, clip_gradients=False, muon_momentum=0.95),
-              sections=(*_TRAINING, "sft", "checkpoint")),
+              sections=(*_TRAINING, "sft", "checkpoint", "data")),
     StageSpec("chat_eval", "Chat evaluation", "jaxchat.recipe:chat_eval", in_all=False,  # all: after each stage
-              sections=("chat_eval",)),
+              sections=("chat_eval", "data")),
     StageSpec("report", "Report", "jaxchat.recipe:report", sections=()),
 )
 

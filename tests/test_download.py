@@ -15,7 +15,7 @@ import pytest
 
 from jaxchat.common import JaxchatError
 from jaxchat.data import download
-from jaxchat.data.cache import HF_SOURCES, ensure_available, task_file
+from jaxchat.data.cache import HF_SOURCES, download_command, ensure_available, task_file
 from jaxchat.data.download import download_eval_bundle, download_fineweb, download_hf_tasks, main
 from jaxchat.data.shards import iter_texts, list_shards
 from tests.fixtures.fineweb import write_fineweb_shards
@@ -173,9 +173,39 @@ def test_permanent_http_error_is_not_retried(tmp_path, server):
     assert len(server.log) == 1
 
 
+def test_no_network_is_one_line_at_once(tmp_path, monkeypatch, capsys, dead_url):
+    """Nothing answers: one probe, one `error:` line naming the offline route, exit 2, no retries, no files."""
+    import time
+
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    for name in ("FINEWEB_URL", "IDENTITY_URL", "WORDS_URL", "EVAL_BUNDLE_URL", "HF_ENDPOINT"):
+        monkeypatch.setattr(download, name, dead_url + "/{i}" if name == "FINEWEB_URL" else dead_url + "/x")
+    monkeypatch.setattr(download, "fetch", lambda *a, **k: pytest.fail("no download may start"))
+    monkeypatch.setattr(download, "_default_load_fn", lambda: pytest.fail("no download may start"))
+    t0 = time.monotonic()
+    assert main(["--retries=5"]) == 2
+    assert time.monotonic() - t0 < 5
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: the network is unreachable (cannot connect to 127.0.0.1:")
+    assert "runs/cpu_demo.sh --offline" in err and "--from_text=DIR" in err and "MISSING" not in err
+    assert not list(tmp_path.iterdir())
+    # train.py --stage=download: the same single line (the recipe's downloader call raises it).
+    from jaxchat import recipe
+    from jaxchat.config import load_toml
+
+    with pytest.raises(JaxchatError, match="the network is unreachable"):
+        recipe.download(load_toml("configs/cpu_demo.toml"))
+    # A complete cache needs no network: nothing is probed, nothing fetched.
+    write_fineweb_shards(tmp_path / "base_data", n_shards=2, docs_per_shard=5)
+    monkeypatch.setattr(download, "probe", lambda *a, **k: pytest.fail("nothing to fetch: no probe"))
+    assert main(["--only=fineweb", "--num_shards=2"]) == 0
+
+
 def test_no_network_cli_reports_each_item(tmp_path, monkeypatch, capsys, dead_url):
+    """When the probe passes (a host answers) but items fail, each one gets its own MISSING line."""
     monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
     monkeypatch.setattr(download, "FINEWEB_URL", dead_url + "/shard_{i:05d}.parquet")
+    monkeypatch.setattr(download, "probe", lambda urls, timeout=3.0: None)
     assert main(["--only=fineweb", "--num_shards=3", "--workers=1", "--retries=0"]) == 1
     err = capsys.readouterr().err
     for i in range(3):
@@ -196,6 +226,7 @@ def test_no_network_tasks_and_eval(tmp_path, monkeypatch, capsys, dead_url):
         raise ConnectionError("Couldn't reach the Hugging Face Hub (offline)")
 
     monkeypatch.setattr(download, "_default_load_fn", lambda: offline_load)
+    monkeypatch.setattr(download, "probe", lambda urls, timeout=3.0: None)  # as if one host answered
     monkeypatch.setattr(download, "IDENTITY_URL", dead_url + "/identity_conversations.jsonl")
     monkeypatch.setattr(download, "WORDS_URL", dead_url + "/words_alpha.txt")
     monkeypatch.setattr(download, "EVAL_BUNDLE_URL", dead_url + "/eval_bundle.zip")
@@ -291,6 +322,7 @@ def test_identity_words_and_eval_bundle(tmp_path, monkeypatch, server, task_cach
     monkeypatch.setattr(download, "IDENTITY_URL", server.url + "/identity_conversations.jsonl")
     monkeypatch.setattr(download, "WORDS_URL", server.url + "/words_alpha.txt")
     monkeypatch.setattr(download, "EVAL_BUNDLE_URL", server.url + "/eval_bundle.zip")
+    monkeypatch.setattr(download, "HF_ENDPOINT", server.url)  # the probe's host for the HF datasets
     monkeypatch.setattr(download, "download_hf_tasks", lambda home: download.DownloadReport())
     assert download_eval_bundle(home, url=server.url + "/eval_bundle.zip", backoff=0, progress=False).fetched == ["eval_bundle"]
     assert main(["--only=tasks"]) == 0 and main(["--only=eval"]) == 0
@@ -337,9 +369,32 @@ def test_from_text_makes_valid_shards(tmp_path, monkeypatch, capsys):
     assert pq.ParquetFile(shards[1]).metadata.num_rows == 250
     assert "the validation shard" in capsys.readouterr().out
 
-    # Again into the same place: refused, nothing overwritten.
-    assert main([f"--from_text={src}"]) == 2
-    assert "already holds 2 shard_*.parquet" in capsys.readouterr().err
+    # corpus.json: where the shards came from, their sizes, and the command that makes them again.
+    marker = json.loads((tmp_path / "home" / "base_data" / "corpus.json").read_text())
+    assert marker["source"] == str(src.resolve()) and marker["documents"] == len(expected)
+    assert marker["characters"] == sum(map(len, expected)) and [s["documents"] for s in marker["shards"]] == [2253, 250]
+    assert marker["command"] == f"python -m jaxchat.data.download --from_text={src.resolve()}"
+    # Hints name that command, never the FineWeb download that would mix corpora.
+    assert download_command("fineweb", tmp_path / "home") == marker["command"]
+    with pytest.raises(JaxchatError, match=f"--from_text={src.resolve()}"):
+        _one_shard_left(tmp_path / "home")
+
+    # Again into the same place: the same corpus is already there, nothing is rewritten.
+    before = [p.stat().st_mtime_ns for p in shards]
+    assert main([f"--from_text={src}"]) == 0
+    assert "already holds the 2 shards made from" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in shards] == before
+    # Another source, or this one changed: refused, nothing overwritten.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.txt").write_text("another corpus", encoding="utf-8")
+    assert main([f"--from_text={other}"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds 2 shard_*.parquet" in err and f"made from {src.resolve()}" in err
+    (src / "sub" / "d.txt").write_text("nested document, edited", encoding="utf-8")
+    assert main([f"--from_text={src}"]) == 2 and "already holds 2" in capsys.readouterr().err
+    assert [p.stat().st_mtime_ns for p in shards] == before
+    (src / "sub" / "d.txt").write_text("nested document", encoding="utf-8")
 
     out = tmp_path / "many"
     assert main([f"--from_text={src}", "--chars_per_shard=20000", f"--out={out}"]) == 0
@@ -347,6 +402,39 @@ def test_from_text_makes_valid_shards(tmp_path, monkeypatch, capsys):
     assert len(many) > 2 and list(iter_texts(many)) == expected
     assert all(pq.ParquetFile(p).metadata.num_rows > 0 for p in many)
     assert not list(out.glob(".*"))  # no staging dir left
+
+
+def _one_shard_left(home):
+    """Hide all but one shard, check the hint, put them back."""
+    directory = home / "base_data"
+    moved = directory / "shard_00001.parquet"
+    aside = home / "aside.parquet"
+    moved.rename(aside)
+    try:
+        ensure_available("fineweb", home)
+    finally:
+        aside.rename(moved)
+
+
+def test_from_text_corpus_is_left_alone_by_the_fineweb_download(tmp_path, monkeypatch, capsys, server):
+    """`--stage=download` after `--from_text`: one line, FineWeb skipped; the rest downloads as usual."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("JAXCHAT_HOME", str(home))
+    src = tmp_path / "corpus"
+    src.mkdir()
+    for i in range(4):
+        (src / f"{i}.txt").write_text(f"document {i} " * 20, encoding="utf-8")
+    assert main([f"--from_text={src}"]) == 0
+    monkeypatch.setattr(download, "FINEWEB_URL", server.url + "/shard_{i:05d}.parquet")
+    monkeypatch.setattr(download, "probe", lambda *a, **k: pytest.fail("nothing to fetch: no probe"))
+    capsys.readouterr()
+    assert main(["--only=fineweb", "--num_shards=8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fineweb: skipped:") and f"made from {src.resolve()}" in out and out.count("\n") == 2
+    assert len(list((home / "base_data").glob("shard_*.parquet"))) == 2 and not server.log
+    # A damaged shard deleted: the same command makes the corpus again (the hint says which command).
+    (home / "base_data" / "shard_00000.parquet").unlink()
+    assert main([f"--from_text={src}"]) == 0 and len(list_shards(home / "base_data")) == 2
 
 
 def test_from_text_bad_input_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -419,3 +507,89 @@ def test_recipe_download_asks_for_the_shards_the_config_needs(monkeypatch, capsy
     assert calls == [download.DownloadConfig(num_shards=recipe.shards_needed(cfg))]
     with pytest.raises(JaxchatError, match="download incomplete"):
         recipe.download(cfg)
+
+
+# --------------------------------------------------------------------------- the network probe, retries, hints
+
+
+def test_probe_answers_within_its_timeout(server, dead_url, monkeypatch):
+    import time
+
+    from jaxchat.data import http
+
+    assert http.probe([dead_url + "/a", server.url + "/b"]) is None  # one host answering is enough
+    reason = http.probe([dead_url + "/a", dead_url + "/b"])
+    assert reason.startswith(f"cannot connect to 127.0.0.1:{dead_url.rsplit(':', 1)[1]}") and "refused" in reason
+    assert http.probe([]) is None
+    # A name lookup that hangs (a machine with a broken resolver): the probe still returns on time.
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait(30)
+        raise OSError("released")
+
+    monkeypatch.setattr(http.socket, "create_connection", hang)
+    t0 = time.monotonic()
+    try:
+        assert "no answer within 0.3 s" in http.probe(["https://example.invalid/x"], timeout=0.3)
+        assert time.monotonic() - t0 < 2
+    finally:
+        release.set()
+
+
+def test_probe_goes_through_the_proxy(server, dead_url, monkeypatch):
+    from jaxchat.data import http
+
+    monkeypatch.setenv("https_proxy", server.url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert http._endpoint("https://huggingface.co/x") == ("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+    assert http.probe(["https://huggingface.co/x"]) is None  # the proxy answers for the host
+    monkeypatch.setenv("https_proxy", dead_url)
+    assert "127.0.0.1" in http.probe(["https://huggingface.co/x"])
+
+
+def test_every_retry_is_one_line(tmp_path, server, shard_bytes, capsys):
+    url = _serve_shards(server, shard_bytes)
+    server.fail = {"/shard_00000.parquet": ["503", "503"]}
+    report = download_fineweb(1, tmp_path, url=url, backoff=0, progress=False)
+    assert report.fetched == ["base_data/shard_00000.parquet"]
+    err = capsys.readouterr().err
+    assert err.count("retry ") == 2 and "base_data/shard_00000.parquet: " in err and "HTTP 503" in err
+    assert "retry 1/5 in 0 s" in err and "retry 2/5 in 0 s" in err
+
+
+def test_hf_library_loggers_print_once():
+    import logging
+
+    logger = logging.getLogger("huggingface_hub")
+    handler = logging.NullHandler()
+    logger.addHandler(handler)
+    try:
+        with download._hf_logs_once():
+            assert logger.propagate is False  # its own handler prints; the root handler would print again
+        assert logger.propagate is True
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_missing_cache_files_are_reported_all_at_once(tmp_path):
+    from jaxchat.data.cache import missing_files, require_available
+
+    with pytest.raises(JaxchatError) as info:
+        ensure_available("mmlu", tmp_path)
+    message = str(info.value)
+    for split in ("auxiliary_train/train", "all/test", "all/validation", "all/dev"):
+        assert f"tasks/mmlu/{split}.parquet" in message
+    assert message.startswith("4 file(s) missing") and message.count("--only tasks") == 1
+    with pytest.raises(JaxchatError) as info:
+        require_available([("smoltalk", None, "train"), ("gsm8k", "main", "train"), "identity", "eval_bundle"], tmp_path)
+    message = str(info.value)
+    assert message.startswith("6 file(s) missing from the cache (smoltalk, gsm8k, identity, eval_bundle)")
+    assert "identity_conversations.jsonl" in message and "core.yaml" in message
+    assert "`python -m jaxchat.data.download --only tasks` and `python -m jaxchat.data.download --only eval`" in message
+    require_available([], tmp_path)
+    assert len(missing_files("fineweb", tmp_path)) == 2
+    (tmp_path / "words_offline.txt").write_text("apple\n")
+    assert missing_files("words", tmp_path) == []  # the spelling tasks read the offline list too
+    assert download_command("fineweb", tmp_path) == "python -m jaxchat.data.download --only=fineweb --num_shards=8"

@@ -24,7 +24,7 @@ from jaxchat.tasks import (
     TaskMixture,
     TaskSequence,
     conversation_problem,
-    execute_code,
+    describe,
     identity_conversations,
     mid_train_mixture,
     mid_val_mixture,
@@ -325,6 +325,10 @@ def test_named_mixtures(task_cache):
     assert full.lengths[3] == 40 and full.lengths[5:] == [300, 300]
     val_tasks = sft_val_tasks(scale=0.01)
     assert set(val_tasks) == {"loss", "mmlu", "arc_easy"} and len(val_tasks["mmlu"]) == 10 and len(val_tasks["arc_easy"]) == 8
+    # What the stage plan and the report card say about a mixture: each task and its rows.
+    assert describe(mid) == ("SmolTalk 40, MMLU(auxiliary_train/train) 30, GSM8K(train) 16, "
+                             "CustomJSON(identity_conversations.jsonl) 2×5, SimpleSpelling(train) 20, "
+                             "SpellingBee(train) 8 (124 rows)")
     with pytest.raises(JaxchatError, match="scale"):
         mid_train_mixture(scale=0)
 
@@ -446,35 +450,21 @@ def test_humaneval_evaluate(task_cache):
     assert extract_program("```py\nx = 1\n```") == "x = 1" and extract_program("x = 2\n") == "x = 2"
 
 
-def test_sandbox_contains_failures(tmp_path):
-    ok = execute_code("print(sum(range(10)))", timeout=5)
-    assert ok.success and ok.stdout.strip() == "45" and ok.error is None
-
-    loop = execute_code("while True:\n    pass\n", timeout=1)
-    assert not loop.success and loop.timed_out and "timed out" in loop.error
-
-    big = execute_code("x = bytearray(8 * 1024 ** 3)\nprint('allocated')", timeout=5, memory_bytes=256 * 1024 ** 2)
-    assert not big.success and big.memory_exceeded and "allocated" not in big.stdout
-
-    outside = tmp_path / "escaped.txt"
-    wrote = execute_code(f"open({str(outside)!r}, 'w').write('x')", timeout=5)
-    assert not wrote.success and "sandbox" in wrote.error and not outside.exists()
-    via_path = execute_code(f"import pathlib; pathlib.Path({str(tmp_path / 'p.txt')!r}).write_text('x')", timeout=5)
-    assert not via_path.success and not (tmp_path / "p.txt").exists()
-    removed = tmp_path / "keep.txt"
-    removed.write_text("precious")
-    rm = execute_code(f"import os; os.remove({str(removed)!r})", timeout=5)
-    assert not rm.success and removed.read_text() == "precious"
-
-    inside = execute_code("open('scratch.txt', 'w').write('ok'); print(open('scratch.txt').read())", timeout=5)
-    assert inside.success and inside.stdout.strip() == "ok"
-    for code in ("import os; os.system('true')", "import subprocess; subprocess.run(['true'])",
-                 "import socket; socket.create_connection(('127.0.0.1', 9))"):
-        result = execute_code(code, timeout=5)
-        assert not result.success and "not allowed" in result.error, (code, result.error)
-
-    noisy = execute_code("print('x' * 5000)", timeout=5, max_output_bytes=100)
-    assert noisy.success and len(noisy.stdout) <= 101
+def test_humaneval_early_exit_is_a_failure(task_cache):
+    """A wrong completion that exits with status 0 before the tests run (or fakes equality) fails; the full
+    list of tricks and the sandbox's own tests are in tests/test_sandbox.py."""
+    task = HumanEval(timeout=5)
+    ex = task[0]
+    wrong = ex["messages"][0]["content"] + "    return None\n"
+    for trick in ("import sys\nsys.exit(0)", "import os\nos._exit(0)", "exit()", "raise SystemExit",
+                  "if __name__ == '__main__':\n    import sys\n    sys.exit(0)",
+                  "import doctest, sys\nsys.exit(doctest.testmod().failed)",
+                  "import atexit, os\natexit.register(os._exit, 0)",
+                  "class Any:\n    def __eq__(self, other):\n        return True\n"
+                  f"def {ex['entry_point']}(*args):\n    return Any()"):
+        assert task.evaluate(ex, f"{wrong}\n{trick}\n") is False, trick
+    result = task.run(ex, ex["messages"][1]["content"])
+    assert result.success and result.isolation in ("namespaces", "audit-hook only")
 
 
 def test_tasks_pickle_and_cache_items(task_cache):

@@ -8,9 +8,13 @@ Layout (``<home>`` = ``$JAXCHAT_HOME``, default ``~/.cache/jaxchat``)::
     <home>/base_data/shard_00000.parquet ...       FineWeb-Edu shards (column `text`)
     <home>/tasks/<name>/<config>/<split>.parquet    one file per HF dataset split (HF schema, unchanged)
     <home>/tasks/.hf_cache/                          datasets' Arrow cache of those files (derived; deletable)
+    <home>/base_data/corpus.json                    only for shards made from local text (--from_text, offline mode):
+                                                    where they came from and the command that remakes them
     <home>/identity_conversations.jsonl
     <home>/words_alpha.txt
     <home>/eval_bundle/{core.yaml, eval_meta_data.csv, eval_data/...}
+    <home>/words_offline.txt                        offline mode: a word list made on this machine (spelling tasks)
+    <home>/offline.json                             offline mode: what ``python -m jaxchat.data.offline`` prepared
 
 ``<config>`` is ``default`` for HF datasets without configs. The task files are:
 
@@ -28,8 +32,12 @@ Layout (``<home>`` = ``$JAXCHAT_HOME``, default ``~/.cache/jaxchat``)::
 
 from __future__ import annotations
 
+import json
+import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jaxchat.common import JaxchatError, jaxchat_home
 
@@ -40,6 +48,10 @@ HF_CACHE_DIR = ".hf_cache"
 IDENTITY_FILE = "identity_conversations.jsonl"
 WORDS_FILE = "words_alpha.txt"
 EVAL_BUNDLE_DIR = "eval_bundle"
+CORPUS_MARKER = "corpus.json"  # in base_data/: the shards were made from local text, not downloaded
+WORDS_OFFLINE_FILE = "words_offline.txt"
+OFFLINE_MANIFEST = "offline.json"
+FINEWEB_COMMAND = f"{DOWNLOAD_MODULE} --only=fineweb --num_shards=8"
 NO_CONFIG = "default"  # local directory name for HF datasets that have no config
 
 
@@ -87,13 +99,39 @@ def _home(home: str | Path | None) -> Path:
     return Path(home) if home is not None else jaxchat_home()
 
 
-def download_command(item: str) -> str:
-    """The exact shell command that downloads ``item`` (a key of ``ITEMS``)."""
+def read_corpus_marker(directory: str | Path) -> dict[str, Any] | None:
+    """The ``corpus.json`` of a shard directory made from local text (``--from_text``, the offline
+    corpus), or None for downloaded FineWeb-Edu shards (no marker, or an unreadable one)."""
+    path = Path(directory) / CORPUS_MARKER
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("command"), str) else None
+
+
+def fineweb_command(directory: str | Path | None = None) -> str:
+    """The command that (re)makes the shards of ``directory`` (default ``$JAXCHAT_HOME/base_data``):
+    the FineWeb-Edu download, or, for shards made from local text, the command that made them
+    (recorded in their ``corpus.json``), so that a hint never overwrites someone's own corpus with FineWeb."""
+    directory = Path(directory) if directory is not None else jaxchat_home() / FINEWEB_DIR
+    marker = read_corpus_marker(directory)
+    return marker["command"] if marker is not None else FINEWEB_COMMAND
+
+
+def quote_command(*words: str) -> str:
+    """A shell command line from its words (quoted where needed)."""
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def download_command(item: str, home: str | Path | None = None) -> str:
+    """The exact shell command that downloads ``item`` (a key of ``ITEMS``) into ``home``; for
+    ``fineweb``, the command that made the current shards when they came from local text."""
     group = ITEMS.get(item)
     if group is None:
         raise JaxchatError(f"unknown cache item {item!r}; expected one of {sorted(ITEMS)}")
     if group == "fineweb":
-        return f"{DOWNLOAD_MODULE} --only=fineweb --num_shards=8"
+        return fineweb_command(_home(home) / FINEWEB_DIR)
     return f"{DOWNLOAD_MODULE} --only {group}"
 
 
@@ -140,6 +178,57 @@ def require_task_file(name: str, config: str | None, split: str, home: str | Pat
     return path
 
 
+def missing_files(item: str, home: str | Path | None = None) -> list[Path]:
+    """The files of cache item ``item`` (see ``ensure_available``) that are not on disk ([] when complete)."""
+    root = _home(home)
+    if item == "fineweb":
+        directory = root / FINEWEB_DIR
+        n = len(list(directory.glob("shard_*.parquet"))) if directory.is_dir() else 0
+        return [] if n >= 2 else [directory / f"shard_{i:05d}.parquet" for i in range(n, 2)]
+    if item == "identity":
+        return [] if (root / IDENTITY_FILE).is_file() else [root / IDENTITY_FILE]
+    if item == "words":  # the spelling tasks also read the offline word list (jaxchat.tasks.spelling)
+        return [] if (root / WORDS_FILE).is_file() or (root / WORDS_OFFLINE_FILE).is_file() else [root / WORDS_FILE]
+    if item == "eval_bundle":
+        return [root / EVAL_BUNDLE_DIR / p for p in ("core.yaml", "eval_meta_data.csv", "eval_data")
+                if not (root / EVAL_BUNDLE_DIR / p).exists()]
+    sources = [src for src in HF_SOURCES if src.name == item]
+    if not sources:
+        raise JaxchatError(f"unknown cache item {item!r}; expected one of {sorted(ITEMS)}")
+    return [task_file(src.name, src.config, split, root) for src in sources for split in src.splits
+            if not task_file(src.name, src.config, split, root).is_file()]
+
+
+Need = str | tuple[str, str | None, str]
+
+
+def require_available(needs: Iterable[Need], home: str | Path | None = None) -> None:
+    """Check several cache items at once: one JaxchatError listing EVERY missing file, with the
+    command(s) that fetch them, instead of one error per run for the first missing file.
+
+    ``needs``: item names (``"identity"``, ``"mmlu"``: all of the item's files) and/or single task
+    splits as ``(name, config, split)`` (``("mmlu", "auxiliary_train", "train")``)."""
+    missing: dict[str, list[Path]] = {}
+    for need in dict.fromkeys(needs):
+        if isinstance(need, tuple):
+            name, config, split = need
+            path = task_file(name, config, split, home)
+            files = [] if path.is_file() else [path]
+        else:
+            name, files = need, missing_files(need, home)
+        if files:
+            missing.setdefault(name, []).extend(files)
+    if not missing:
+        return
+    files = [str(f) for fs in missing.values() for f in fs]
+    commands = list(dict.fromkeys(download_command(item, home) for item in missing))
+    shown = "; ".join(files[:12]) + (f"; and {len(files) - 12} more" if len(files) > 12 else "")
+    raise JaxchatError(
+        f"{len(files)} file(s) missing from the cache ({', '.join(missing)}): {shown}; "
+        f"fetch them with `{'` and `'.join(commands)}`"
+    )
+
+
 def ensure_available(item: str, home: str | Path | None = None) -> Path:
     """Check that cache item ``item`` is complete on disk and return its path.
 
@@ -149,7 +238,7 @@ def ensure_available(item: str, home: str | Path | None = None) -> Path:
     exact download command.
     """
     root = _home(home)
-    command = download_command(item)
+    command = download_command(item, root)
     if item == "fineweb":
         directory = root / FINEWEB_DIR
         n = len(list(directory.glob("shard_*.parquet"))) if directory.is_dir() else 0
@@ -172,10 +261,7 @@ def ensure_available(item: str, home: str | Path | None = None) -> Path:
             )
         return path
     else:
-        for src in HF_SOURCES:
-            if src.name == item:
-                for split in src.splits:
-                    require_task_file(src.name, src.config, split, root)
+        require_available([item], root)  # every missing split at once
         return root / TASKS_DIR / item
     if not path.is_file():
         raise JaxchatError(f"{path} is missing; download it with `{command}`")

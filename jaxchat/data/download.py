@@ -22,15 +22,24 @@ What goes where (see ``jaxchat.data.cache`` for the full layout):
     eval_bundle/                             EVAL_BUNDLE_URL, unzipped (the zip is deleted afterwards)
 
 Every file is written as ``<name>.tmp`` and renamed when complete; existing files are skipped, so
-re-running the same command resumes (partial ``.tmp`` downloads continue with HTTP Range). When an
-item cannot be fetched, one line per item names it, its URL and where to put it by hand, and the
-command exits with status 1 (a bad setting: one ``error:`` line, status 2). The URL constants are
-module attributes so they can be pointed at a mirror (or a test server).
+re-running the same command resumes (partial ``.tmp`` downloads continue with HTTP Range). Before
+fetching anything, one probe (a TCP connection to each host still needed, in parallel, at most
+3 s) checks that the network is there at all: when no host answers, the command stops at once with
+one ``error:`` line that points to the offline route (status 2), instead of minutes of retries. When
+an item cannot be fetched, one line per item names it, its URL and where to put it by hand, and the
+command exits with status 1 (a bad setting: one ``error:`` line, status 2); each retry says so in
+one line. The URL constants are module attributes so they can be pointed at a mirror (or a test server).
+
+Shards made from local text (``--from_text``, or the offline mode's corpus) carry a ``corpus.json``;
+the FineWeb download leaves such a ``base_data/`` alone (one line says so) rather than mixing
+FineWeb shards into someone's own corpus. ``--from_text`` again with the same source does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import shutil
 import sys
@@ -54,11 +63,13 @@ from jaxchat.data.cache import (
     WORDS_FILE,
     HFSource,
     ensure_available,
+    read_corpus_marker,
     task_file,
     tmp_path_for,
 )
-from jaxchat.data.from_text import CHARS_PER_SHARD, ROW_GROUP_SIZE, shards_from_text
-from jaxchat.data.http import DownloadError, Progress, fetch
+from jaxchat.data.from_text import CHARS_PER_SHARD, ROW_GROUP_SIZE, existing_corpus, from_text_command, \
+    shards_from_text, source_fingerprint
+from jaxchat.data.http import PROBE_TIMEOUT_S, DownloadError, Progress, fetch, probe
 
 __all__ = [
     "EVAL_BUNDLE_URL",
@@ -88,6 +99,10 @@ DEFAULT_WORKERS = 4
 DEFAULT_RETRIES = 5
 GROUPS = ("fineweb", "tasks", "eval")
 PROG = "python -m jaxchat.data.download"
+HF_ENDPOINT = "https://huggingface.co"  # where ``datasets`` fetches from (the HF_ENDPOINT variable overrides it)
+OFFLINE_ROUTE = ("Without network, run the CPU demo offline (`bash runs/cpu_demo.sh --offline`: it pretrains on "
+                 "Python's own documentation, or on your text with --from_text=DIR) or make shards from your "
+                 "own text with `python -m jaxchat.data.download --from_text=DIR`")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +187,8 @@ def download_file(
         report.missing.append(_missing_message(what, url, dest, reason))
         return report
     try:
-        size = fetch(url, dest, retries=retries, backoff=backoff, timeout=timeout, progress=progress)
+        size = fetch(url, dest, retries=retries, backoff=backoff, timeout=timeout, progress=progress,
+                     on_retry=lambda line: tqdm.write(f"{what}: {line}", file=sys.stderr))
     except DownloadError as e:
         if breaker is not None:
             breaker.record(False, e)
@@ -243,6 +259,24 @@ def _default_load_fn() -> LoadFn:
     return load_dataset
 
 
+@contextlib.contextmanager
+def _hf_logs_once():
+    """huggingface_hub and datasets log through their own handlers AND the root logger's (which absl
+    sets up when JAX or Orbax is imported), so every retry line came out twice: stop the propagation
+    to the root logger while we fetch, for the loggers that have a handler of their own."""
+    changed = []
+    for name in ("huggingface_hub", "datasets"):
+        logger = logging.getLogger(name)
+        if logger.handlers and logger.propagate:
+            logger.propagate = False
+            changed.append(logger)
+    try:
+        yield
+    finally:
+        for logger in changed:
+            logger.propagate = True
+
+
 def _hf_split(src: HFSource, split: str, dest: Path, load_fn: LoadFn) -> None:
     """Fetch one split with ``datasets`` and save it as ``dest`` (via ``dest.tmp``)."""
     args = (src.repo,) if src.config is None else (src.repo, src.config)
@@ -295,7 +329,9 @@ def download_hf_tasks(
             else:
                 try:
                     print(f"fetching {src.repo} {src.local_config}/{split} ...", file=sys.stderr)
-                    _hf_split(src, split, dest, load_fn or _default_load_fn())
+                    load = load_fn or _default_load_fn()
+                    with _hf_logs_once():
+                        _hf_split(src, split, dest, load)
                     any_ok = True
                     report.fetched.append(what)
                     report.nbytes += dest.stat().st_size
@@ -395,6 +431,34 @@ def _human(nbytes: int) -> str:
     return f"{size:.1f} GB"
 
 
+def urls_needed(config: DownloadConfig, home: str | Path, *, skip_fineweb: bool = False) -> list[str]:
+    """The URLs that ``run(config)`` would still fetch into ``home`` (what is complete is skipped)."""
+    home = Path(home)
+    urls: list[str] = []
+    if config.only in ("", "fineweb") and not skip_fineweb:
+        n = MAX_SHARD + 1 if config.num_shards == -1 else config.num_shards
+        urls += [FINEWEB_URL.format(i=i) for i in range(n) if not (home / FINEWEB_DIR / f"shard_{i:05d}.parquet").exists()]
+    if config.only in ("", "tasks"):
+        if any(not task_file(s.name, s.config, split, home).exists() for s in HF_SOURCES for split in s.splits):
+            urls.append(os.environ.get("HF_ENDPOINT") or HF_ENDPOINT)
+        urls += [url for url, name in ((IDENTITY_URL, IDENTITY_FILE), (WORDS_URL, WORDS_FILE))
+                 if not (home / name).exists()]
+    if config.only in ("", "eval") and not (home / EVAL_BUNDLE_DIR / "core.yaml").is_file():
+        urls.append(EVAL_BUNDLE_URL)
+    return urls
+
+
+def check_network(config: DownloadConfig, home: str | Path, *, skip_fineweb: bool = False,
+                  timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when nothing needs fetching or a host of what does answers; else the one-line reason
+    (with the offline route) for stopping before any download starts."""
+    urls = urls_needed(config, home, skip_fineweb=skip_fineweb)
+    reason = probe(urls, timeout=timeout) if urls else None
+    if reason is None:
+        return None
+    return f"the network is unreachable ({reason}); nothing was downloaded. {OFFLINE_ROUTE}"
+
+
 def validate(config: DownloadConfig) -> DownloadConfig:
     """``config`` if every value is usable; a one-line JaxchatError naming the key otherwise."""
     total = MAX_SHARD + 1
@@ -424,15 +488,31 @@ def run(config: DownloadConfig, home: str | Path | None = None) -> DownloadRepor
     home = Path(home) if home is not None else jaxchat_home()
     if config.from_text:
         out = Path(config.out) if config.out else home / FINEWEB_DIR
+        command = from_text_command(config.from_text, config.chars_per_shard, config.out or None)
+        fingerprint = source_fingerprint(config.from_text)
+        if existing_corpus(out, fingerprint, config.chars_per_shard) is not None:
+            paths = sorted(out.glob("shard_*.parquet"))
+            nbytes = sum(p.stat().st_size for p in paths)
+            print(f"{out} already holds the {len(paths)} shards made from {config.from_text} (unchanged since); "
+                  "nothing to do")
+            return DownloadReport(present=[str(p) for p in paths], nbytes=nbytes)
         paths = shards_from_text(config.from_text, out, chars_per_shard=config.chars_per_shard,
-                                 row_group_size=ROW_GROUP_SIZE)
+                                 row_group_size=ROW_GROUP_SIZE, command=command)
         nbytes = sum(p.stat().st_size for p in paths)
         print(f"wrote {len(paths)} shards ({_human(nbytes)}) to {out}; the last, {paths[-1].name}, is the "
               "validation shard")
         return DownloadReport(fetched=[str(p) for p in paths], nbytes=nbytes)
     report = DownloadReport()
     kw = {"retries": config.retries}
-    if config.only in ("", "fineweb"):
+    marker = read_corpus_marker(home / FINEWEB_DIR) if list((home / FINEWEB_DIR).glob("shard_*.parquet")) else None
+    skip_fineweb = marker is not None and config.only in ("", "fineweb")
+    unreachable = check_network(config, home, skip_fineweb=skip_fineweb)
+    if unreachable:
+        raise JaxchatError(unreachable)
+    if skip_fineweb:
+        print(f"fineweb: skipped: {home / FINEWEB_DIR} holds the shards made from {marker.get('source', '?')} "
+              f"(by `{marker['command']}`); to pretrain on FineWeb-Edu, move them away and run this again")
+    elif config.only in ("", "fineweb"):
         r = download_fineweb(config.num_shards, home, workers=config.workers, **kw)
         have = len(r.fetched) + len(r.present)
         print(f"fineweb: {have} of {have + len(r.missing)} shards in {home / FINEWEB_DIR} "
@@ -459,7 +539,7 @@ def run(config: DownloadConfig, home: str | Path | None = None) -> DownloadRepor
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; the exit status: 0 when everything asked for is in the cache, 1 when items are
-    missing (one line each), 2 for a bad setting or input (one ``error:`` line)."""
+    missing (one line each), 2 for a bad setting or input, or no network at all (one ``error:`` line)."""
     def run_cli(config: DownloadConfig) -> int:
         return 1 if run(config).missing else 0
 

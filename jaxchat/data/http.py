@@ -4,6 +4,10 @@ Only the standard library (``urllib``) is used. The bytes go to ``<dest>.tmp``; 
 final name (``os.replace``) only once the whole body has arrived and its size matches what the
 server announced, so a file with the final name is always complete. A ``.tmp`` left by an earlier
 run is resumed with an HTTP ``Range`` request.
+
+``probe(urls)`` answers, in a few seconds at most, whether any of the hosts can be reached at all
+(one TCP connection attempt each, in parallel, through the proxy when one is configured), so that a
+machine without network is told so at once instead of after minutes of retries.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from jaxchat.data.cache import tmp_path_for
 
 USER_AGENT = "jaxchat-downloader/0.1 (python-urllib)"
+PROBE_TIMEOUT_S = 3.0
 CHUNK_SIZE = 1 << 20
 MAX_BACKOFF_S = 60.0
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -171,6 +177,14 @@ def _fetch_once(url: str, tmp: Path, timeout: float, fp: _FileProgress, chunk_si
         fp.set_total(size)
 
 
+def _wait(url: str, reason: str, failures: int, retries: int, backoff: float, sleep: Callable[[float], None],
+          on_retry: Callable[[str], None] | None) -> None:
+    delay = min(backoff * 2 ** (failures - 1), MAX_BACKOFF_S)
+    if on_retry is not None:
+        on_retry(f"{url}: {reason}; retry {failures}/{retries} in {delay:g} s")
+    sleep(delay)
+
+
 def fetch(
     url: str,
     dest: str | Path,
@@ -181,6 +195,7 @@ def fetch(
     progress: Progress | None = None,
     chunk_size: int = CHUNK_SIZE,
     sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[str], None] | None = None,
 ) -> int:
     """Download ``url`` to ``dest`` and return its size in bytes.
 
@@ -189,7 +204,8 @@ def fetch(
     ``Range``. Connection errors, timeouts, 408/425/429/5xx and short bodies are retried up to
     ``retries`` times, waiting ``backoff · 2^k`` seconds (capped at 60 s); other HTTP errors fail at
     once. Raises ``DownloadError`` when the file could not be completed; the partial ``.tmp`` is kept
-    so that the next run resumes it.
+    so that the next run resumes it. ``on_retry`` (e.g. ``print``) is told about every retry before
+    its wait, in one line, so that a slow failure is never silent.
     """
     dest = Path(dest)
     if dest.exists():
@@ -213,11 +229,60 @@ def fetch(
             all_network = all_network and e.network
             if failures > retries:
                 raise DownloadError(f"{e} (gave up after {failures} attempts)", network=all_network) from None
-            sleep(min(backoff * 2 ** (failures - 1), MAX_BACKOFF_S))
+            _wait(url, str(e), failures, retries, backoff, sleep, on_retry)
         except (http.client.HTTPException, TimeoutError, ConnectionError) as e:
             # Raised mid-body (IncompleteRead, reset): the .tmp keeps what arrived; resume from there.
             failures += 1
             all_network = False
             if failures > retries:
                 raise DownloadError(f"{_describe(e)} (gave up after {failures} attempts)") from None
-            sleep(min(backoff * 2 ** (failures - 1), MAX_BACKOFF_S))
+            _wait(url, _describe(e), failures, retries, backoff, sleep, on_retry)
+
+
+def _endpoint(url: str) -> tuple[str, int] | None:
+    """(host, port) that fetching ``url`` connects to first: the proxy's when one applies, else the URL's."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return None
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if proxy_parts.hostname:
+            return proxy_parts.hostname, proxy_parts.port or (443 if proxy_parts.scheme == "https" else 80)
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def probe(urls: Iterable[str], timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when at least one of the hosts of ``urls`` accepts a TCP connection within ``timeout``
+    seconds; otherwise one line saying why none did (name lookup and connection attempts run in
+    parallel threads, so this takes ``timeout`` seconds at most even when DNS hangs)."""
+    endpoints = list(dict.fromkeys(e for e in map(_endpoint, urls) if e is not None))
+    if not endpoints:
+        return None
+    errors: dict[tuple[str, int], str] = {}
+    reached = threading.Event()
+    lock = threading.Lock()
+
+    def attempt(endpoint: tuple[str, int]) -> None:
+        try:
+            with socket.create_connection(endpoint, timeout=timeout):
+                reached.set()
+        except OSError as e:
+            with lock:
+                errors[endpoint] = _describe(e)
+
+    threads = [threading.Thread(target=attempt, args=(e,), daemon=True) for e in endpoints]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+        if reached.is_set():
+            return None
+    if reached.is_set():
+        return None
+    host, port = endpoints[0]
+    with lock:
+        reason = errors.get(endpoints[0], f"no answer within {timeout:g} s")
+    others = f" (nor {len(endpoints) - 1} other host(s))" if len(endpoints) > 1 else ""
+    return f"cannot connect to {host}:{port}{others}: {reason}"

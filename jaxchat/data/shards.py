@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jaxchat.common import JaxchatError, jaxchat_home
-
-DOWNLOAD_HINT = "python -m jaxchat.data.download --only=fineweb --num_shards=8"
+from jaxchat.data.cache import fineweb_command
 
 
 def default_data_dir() -> Path:
@@ -27,7 +26,7 @@ def list_shards(data_dir: str | Path | None = None) -> list[Path]:
     directory = Path(data_dir) if data_dir is not None else default_data_dir()
     paths = sorted(directory.glob("shard_*.parquet")) if directory.is_dir() else []
     if not paths:
-        raise JaxchatError(f"no shard_*.parquet files in {directory}; download some with `{DOWNLOAD_HINT}`")
+        raise JaxchatError(f"no shard_*.parquet files in {directory}; download some with `{fineweb_command(directory)}`")
     return paths
 
 
@@ -37,7 +36,7 @@ def split_shards(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     if len(paths) < 2:
         raise JaxchatError(
             f"found {len(paths)} shard(s); expected at least 2 (the last one is held out for validation): "
-            f"`{DOWNLOAD_HINT}`"
+            f"`{fineweb_command(paths[0].parent if paths else None)}`"
         )
     return paths[:-1], paths[-1:]
 
@@ -48,7 +47,7 @@ def open_shard(path: Path) -> pq.ParquetFile:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
         raise JaxchatError(f"{path}: cannot read as parquet ({_one_line(e)}); delete the file and download it "
-                           f"again with `{DOWNLOAD_HINT}`") from None
+                           f"again with `{fineweb_command(Path(path).parent)}`") from None
     names = pf.schema_arrow.names
     if "text" not in names:
         raise JaxchatError(f"{path}: no 'text' column (columns: {names}); expected a FineWeb-Edu shard")
@@ -77,7 +76,7 @@ def read_row_group_texts(pf: pq.ParquetFile, path: Path, row_group: int) -> list
     except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
         raise JaxchatError(
             f"{path}: row group {row_group} (of {pf.num_row_groups}) is corrupt ({_one_line(e)}); delete the "
-            f"file and download it again with `{DOWNLOAD_HINT}`") from None
+            f"file and download it again with `{fineweb_command(Path(path).parent)}`") from None
 
 
 def iter_texts(paths: Sequence[Path], max_chars: int | None = None, doc_cap: int | None = None) -> Iterator[str]:

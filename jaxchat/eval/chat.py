@@ -41,12 +41,14 @@ from jaxchat import cli, stages
 from jaxchat.checkpoint import evaluated_checkpoint
 from jaxchat.common import JaxchatError
 from jaxchat.config import ChatEvalSection
+from jaxchat.data.cache import require_available
 from jaxchat.engine import Engine
 from jaxchat.eval.core import buckets_for
 from jaxchat.model import load as model_load
 from jaxchat.model import split_params
 from jaxchat.report import write_section
 from jaxchat.tasks import ARC, GSM8K, MMLU, HumanEval, SpellingBee
+from jaxchat.tasks.mixtures import CHAT_EVAL_NEEDS
 
 logger = logging.getLogger(__name__)
 
@@ -290,6 +292,7 @@ def run(config: ChatEvalConfig) -> dict[str, Any]:
     (``evaluate_chat``'s dict). Bad settings and missing task data are refused before the model loads."""
     names = validate(config)
     section = config.chat_eval
+    require_available(CHAT_EVAL_NEEDS[name] for name in names)  # every missing file in one error
     tasks = {name: build_task(name) for name in names}  # missing data fails before the model loads
 
     model, tokenizer, meta = model_load.load_model(section.source, tag=config.tag or None,

@@ -28,7 +28,9 @@ class CustomJSON(Task):
         self.path = Path(path)
         if not self.path.is_file():
             is_identity = self.path.name == IDENTITY_FILE
-            hint = f"download it with `{download_command('identity')}`" if is_identity else "expected a jsonl file"
+            hint = (f"download it with `{download_command('identity')}` (or, without network, train with "
+                    "--data.offline=true: jaxchat's own identity conversations are used)") if is_identity \
+                else "expected a jsonl file of conversations (one JSON list of messages per line)"
             raise JaxchatError(f"{self.path} is missing; {hint}")
         self.conversations: list[list[dict]] = []
         problems: list[str] = []

@@ -1,5 +1,9 @@
 """Synthetic spelling tasks built from words_alpha.txt (docs/DESIGN.md §8), generated deterministically.
 
+The word list is ``$JAXCHAT_HOME/words_alpha.txt`` (downloaded); without it, the offline word list
+``words_offline.txt`` that ``python -m jaxchat.data.offline`` makes on this machine (from
+``/usr/share/dict/words`` or from the pretraining corpus) is used instead.
+
 - ``SpellingBee``: "How many r are in strawberry?" → spell the word out, count letter by letter,
   double-check with a python ``'word'.count('r')`` call, then ``#### N``.
 - ``SimpleSpelling``: "Spell the word: apple" → "a,p,p,l,e" (practice for the hard part of the above).
@@ -17,8 +21,8 @@ import zlib
 from functools import lru_cache
 from pathlib import Path
 
-from jaxchat.common import JaxchatError
-from jaxchat.data.cache import download_command, ensure_available
+from jaxchat.common import JaxchatError, jaxchat_home
+from jaxchat.data.cache import WORDS_FILE, WORDS_OFFLINE_FILE, download_command
 from jaxchat.tasks.base import Conversation, Task
 from jaxchat.tasks.gsm8k import evaluate_hash_answer
 
@@ -63,16 +67,29 @@ def _read_words(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     return tuple(w for w in words if w.isascii() and w.isalpha())
 
 
+def words_path(home: str | Path | None = None) -> Path:
+    """``words_alpha.txt`` when it is in the cache, else the offline word list ``words_offline.txt``
+    when that is; JaxchatError naming both routes otherwise."""
+    root = Path(home) if home is not None else jaxchat_home()
+    for name in (WORDS_FILE, WORDS_OFFLINE_FILE):
+        if (root / name).is_file():
+            return root / name
+    raise JaxchatError(
+        f"{root / WORDS_FILE} is missing; download it with `{download_command('words')}`, or, without "
+        f"network, make a local word list ({WORDS_OFFLINE_FILE}) with `python -m jaxchat.data.offline`"
+    )
+
+
 def load_words(home: str | Path | None = None) -> tuple[str, ...]:
-    """The words of ``words_alpha.txt`` (lowercase ASCII letters only; CRLF and blank lines handled)."""
-    path = ensure_available("words", home)
+    """The words of ``words_alpha.txt`` (or of the offline list, see ``words_path``): lowercase ASCII
+    letters only; CRLF and blank lines handled."""
+    path = words_path(home)
     st = path.stat()
     words = _read_words(str(path), st.st_mtime_ns, st.st_size)
     if not words:
-        raise JaxchatError(
-            f"{path} has no words (expected one lowercase word per line); "
-            f"re-download it with `{download_command('words')}`"
-        )
+        again = (f"delete it and make it again with `python -m jaxchat.data.offline`" if path.name == WORDS_OFFLINE_FILE
+                 else f"re-download it with `{download_command('words')}`")
+        raise JaxchatError(f"{path} has no words (expected one lowercase word per line); {again}")
     return words
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from jaxchat.common import JaxchatError
 from jaxchat.config import RunConfig
+from jaxchat.data.corpus import describe_shards, repetition_warning
 from jaxchat.data.pretrain import pretrain_dataset, val_batches
 from jaxchat.data.shards import list_shards, split_shards
 from jaxchat.model import GPTConfig, estimate_flops, num_params
@@ -53,6 +54,8 @@ def train_base(cfg: RunConfig) -> dict[str, Any]:
     rows, seq = section.device_batch_size, cfg.model.sequence_len
     accum = section.total_batch_size // (rows * seq)
     num_steps, horizon_source = horizon(cfg, model_config)
+    if warning := repetition_warning(train_paths, num_steps * section.total_batch_size, tokenizer):
+        print(warning, flush=True)  # a tiny corpus repeated many times
 
     stage = Stage("base", cfg, model_config, tokenizer)
     stage.check_eval_bundle(section.core_every != 0)
@@ -72,6 +75,7 @@ def train_base(cfg: RunConfig) -> dict[str, Any]:
         ("tokens", f"{tokens:,} ({tokens / num_params(model_config):.1f} per parameter)"),
         ("batch", f"{section.total_batch_size:,} tokens = {rows} rows × {seq} × {accum} micro-batches"),
         ("data", f"{len(train_paths)} train shard(s), val = {val_paths[0].name}"),
+        ("corpus", describe_shards(train_paths)),
     ]
     return stage.run(data, num_steps=num_steps, lr_multiplier=lambda step, _: float(schedule(step)),
                      accum=accum, plan=plan,

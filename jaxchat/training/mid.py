@@ -16,6 +16,7 @@ from jaxchat.data.chat import mid_dataset
 from jaxchat.model import estimate_flops
 from jaxchat.optim import mid_lr_multiplier
 from jaxchat.tasks import mid_train_mixture, mid_val_mixture
+from jaxchat.tasks.mixtures import describe
 from jaxchat.tokenizer import load_tokenizer
 from jaxchat.training.stage import Stage
 
@@ -33,8 +34,8 @@ def train_mid(cfg: RunConfig) -> dict[str, Any]:
     section, seq = cfg.mid, cfg.model.sequence_len
     rows = section.device_batch_size
     accum = section.total_batch_size // (rows * seq)
-    train_task = mid_train_mixture(scale=section.task_scale)
-    val_task = mid_val_mixture(scale=section.task_scale)
+    train_task = mid_train_mixture(scale=section.task_scale, offline=cfg.data.offline, custom_json=cfg.data.custom_json)
+    val_task = mid_val_mixture(scale=section.task_scale, offline=cfg.data.offline)
     data = mid_dataset(train_task, tokenizer, rows=rows * accum, seq_len=seq)
     val = val_rows(mid_dataset(val_task, tokenizer, rows=rows, seq_len=seq),
                    max(1, section.eval_tokens // (rows * seq)))
@@ -53,8 +54,8 @@ def train_mid(cfg: RunConfig) -> dict[str, Any]:
                   else "one epoch (LR follows epoch progress)")
     plan = [
         ("horizon", steps_text),
-        ("train mixture", f"{len(train_task):,} conversations"),
-        ("val mixture", f"{len(val_task):,} conversations, {len(val)} batches for bpb"),
+        ("train mixture", describe(train_task)),
+        ("val mixture", f"{describe(val_task)}, {len(val)} batches for bpb"),
         ("batch", f"{section.total_batch_size:,} tokens = {rows} rows × {seq} × {accum} micro-batches"),
     ]
     total_flops = (estimate_flops(stage.model_config) * section.num_iterations * section.total_batch_size

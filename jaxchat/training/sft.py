@@ -15,6 +15,7 @@ from jaxchat.config import RunConfig
 from jaxchat.data.chat import sft_dataset
 from jaxchat.optim import sft_lr_multiplier
 from jaxchat.tasks import sft_train_mixture, sft_val_tasks
+from jaxchat.tasks.mixtures import describe
 from jaxchat.tokenizer import load_tokenizer
 from jaxchat.training.mid import val_rows
 from jaxchat.training.stage import Stage
@@ -27,8 +28,8 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
     stage.init_from_previous_stage()
     section, seq = cfg.sft, cfg.model.sequence_len
     accum = section.examples_per_step // section.device_batch_size
-    train_task = sft_train_mixture(scale=section.task_scale)
-    val = sft_val_tasks(scale=section.task_scale)
+    train_task = sft_train_mixture(scale=section.task_scale, offline=cfg.data.offline, custom_json=cfg.data.custom_json)
+    val = sft_val_tasks(scale=section.task_scale, offline=cfg.data.offline)
     data = sft_dataset(train_task, tokenizer, rows=section.examples_per_step, seq_len=seq)
     # One epoch; the last, partial batch is padded with masked rows. num_iterations can only cut it short.
     epoch_steps = math.ceil(len(train_task) / section.examples_per_step)
@@ -38,13 +39,12 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
     val_loss = val_rows(sft_dataset(val["loss"], tokenizer, rows=section.device_batch_size, seq_len=seq),
                         section.eval_steps)
     stage.add_eval(section.eval_every, lambda state: {"val_loss": stage.loss(state, val_loss)})
-    stage.add_eval(section.metrics_every, lambda state: {
-        "mmlu_acc": stage.categorical_accuracy(state, val["mmlu"], section.metrics_max_problems),
-        "arc_easy_acc": stage.categorical_accuracy(state, val["arc_easy"], section.metrics_max_problems),
-    })
+    stage.add_eval(section.metrics_every, lambda state: {  # mmlu_acc, arc_easy_acc (offline: those in the cache)
+        f"{name}_acc": stage.categorical_accuracy(state, task, section.metrics_max_problems)
+        for name, task in val.items() if name != "loss"})
     plan = [
         ("horizon", f"{num_steps:,} steps (one epoch{', capped by sft.num_iterations' if num_steps < epoch_steps else ''})"),
-        ("train mixture", f"{len(train_task):,} conversations, {section.examples_per_step} per step "
+        ("train mixture", f"{describe(train_task)}, {section.examples_per_step} per step "
                           f"({section.device_batch_size} rows × {accum} micro-batches)"),
         ("LR", f"{section.init_lr_frac:g} × base LRs, linear to 0; no clipping; Muon momentum 0.95"),
     ]
