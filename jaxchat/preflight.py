@@ -24,7 +24,6 @@ writes anything). Each refusal is one JaxchatError line, which the CLI prints as
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Collection
 from pathlib import Path

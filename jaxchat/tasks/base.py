@@ -99,6 +99,22 @@ class DatasetTask(Task):
         return self.ds[int(self.order[index])]
 
 
+class ConversationList(Task):
+    """A generative task over conversations held in memory (``self.conversations``: message lists)."""
+
+    conversations: list[list[dict[str, Any]]]
+
+    @property
+    def eval_type(self) -> str:
+        return "generative"
+
+    def num_examples(self) -> int:
+        return len(self.conversations)
+
+    def get_example(self, index: int) -> Conversation:
+        return {"messages": [dict(m) for m in self.conversations[index]]}
+
+
 class TaskMixture(Task):
     """All examples of ``tasks`` in one deterministic shuffled order (so the tasks are interleaved).
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from jaxchat.common import JaxchatError
 from jaxchat.data.cache import IDENTITY_FILE, download_command, ensure_available
-from jaxchat.tasks.base import Conversation, Task, conversation_problem
+from jaxchat.tasks.base import ConversationList, conversation_problem
 
 logger = logging.getLogger(__name__)
 
 
-class CustomJSON(Task):
+class CustomJSON(ConversationList):
     """Conversations read from ``path`` (jsonl of message lists), in file order."""
 
     def __init__(self, path: str | Path, *, strict: bool = False, **view: int | None):
@@ -60,16 +60,6 @@ class CustomJSON(Task):
     @property
     def name(self) -> str:
         return f"CustomJSON({self.path.name})"
-
-    @property
-    def eval_type(self) -> str:
-        return "generative"
-
-    def num_examples(self) -> int:
-        return len(self.conversations)
-
-    def get_example(self, index: int) -> Conversation:
-        return {"messages": self.conversations[index]}
 
 
 def identity_conversations(home: str | Path | None = None, **view: int | None) -> CustomJSON:

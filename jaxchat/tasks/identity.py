@@ -17,7 +17,7 @@ import zlib
 from functools import lru_cache
 
 from jaxchat.common import JaxchatError
-from jaxchat.tasks.base import Conversation, Task, conversation_problem
+from jaxchat.tasks.base import ConversationList, conversation_problem
 
 SEED = 20251118
 NUM_CONVERSATIONS = 400
@@ -277,7 +277,7 @@ def is_test_conversation(messages) -> bool:
     return zlib.crc32(text.encode("utf-8")) % TEST_BUCKETS == 0
 
 
-class JaxchatIdentity(Task):
+class JaxchatIdentity(ConversationList):
     """jaxchat's shipped identity conversations (``split``: train ~90 %, test ~10 %, or all)."""
 
     def __init__(self, split: str = "train", *, n: int = NUM_CONVERSATIONS, **view: int | None):
@@ -292,13 +292,3 @@ class JaxchatIdentity(Task):
     @property
     def name(self) -> str:
         return f"JaxchatIdentity({self.split})"
-
-    @property
-    def eval_type(self) -> str:
-        return "generative"
-
-    def num_examples(self) -> int:
-        return len(self.conversations)
-
-    def get_example(self, index: int) -> Conversation:
-        return {"messages": [dict(m) for m in self.conversations[index]]}

@@ -87,7 +87,7 @@ def load_words(home: str | Path | None = None) -> tuple[str, ...]:
     st = path.stat()
     words = _read_words(str(path), st.st_mtime_ns, st.st_size)
     if not words:
-        again = (f"delete it and make it again with `python -m jaxchat.data.offline`" if path.name == WORDS_OFFLINE_FILE
+        again = ("delete it and make it again with `python -m jaxchat.data.offline`" if path.name == WORDS_OFFLINE_FILE
                  else f"re-download it with `{download_command('words')}`")
         raise JaxchatError(f"{path} has no words (expected one lowercase word per line); {again}")
     return words
