@@ -11,11 +11,12 @@ import train
 from jaxchat.common import JaxchatError
 from jaxchat import stages
 from jaxchat.config import (
-    OptimSection, RunConfig, explicit_keys, from_dict, keys, load_toml, override, parse_overrides,
+    OptimSection, RunConfig, explicit_keys, from_dict, load_toml, override, parse_overrides,
     sections_read, to_dict, validate)
 from jaxchat.model import GPTConfig, estimate_flops, num_params
 from jaxchat.recipe import shards_needed
 from jaxchat.training.base import horizon
+from tests.cli_help import help_listing_every_key
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -111,10 +112,7 @@ def test_bad_preset_files(tmp_path):
 
 
 def test_help_lists_every_key_with_its_default(capsys):
-    assert train.main(["--help"]) == 0
-    out = capsys.readouterr().out
-    for key, value, _ in keys(RunConfig()):
-        assert f"--{key} = {value!r}" in out
+    help_listing_every_key(train.main, RunConfig(), capsys)
 
 
 def test_train_py_errors_are_one_line(capsys):
