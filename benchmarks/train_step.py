@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxchat import GPT, GPTConfig, estimate_flops, num_params, runtime
+from jaxchat import GPT, GPTConfig, estimate_flops, fit, num_params, runtime
 from jaxchat.config import ModelSection
 from jaxchat.host_memory import retain_freed_host_memory
 from jaxchat.model import split_params
@@ -61,6 +61,7 @@ def peak_flops(plan: runtime.Runtime) -> tuple[float, str]:
 
 def main(argv=None):
     retain_freed_host_memory()  # as train.py does, before JAX starts
+    runtime.claim_gpu_memory()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
@@ -116,10 +117,13 @@ def main(argv=None):
     print(f"| {args.depth} | {args.seq} | {args.batch}×{args.accum} | {plan.compute_dtype} | {step_s * 1e3:.0f} "
           f"| {tok_s:,.0f} | {mfu:.1%} |")
     stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+    planned = fit.Memory.of(train_step.lower(state, batch, 1.0).compile()).peak  # what jaxchat.fit plans with
+    print(f"memory: XLA's compiled peak {planned / 2**30:.2f} GiB"
+          + (f", measured peak {stats['peak_bytes_in_use'] / 2**30:.2f} GiB" if "peak_bytes_in_use" in stats else ""))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"step_ms": step_s * 1e3, "tok_s": tok_s, "mfu": mfu, "peak_source": peak_source,
-                       "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use"),
+                       "compile_s": compile_s, "peak_bytes": stats.get("peak_bytes_in_use"), "planned_bytes": planned,
                        "runtime": plan.describe()}, f)
 
 

@@ -23,12 +23,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from jaxchat import stages
+from jaxchat import stages, targets
 from jaxchat.common import JaxchatError
+
+# A field that takes a number or the word "auto" (decided at run time: jaxchat/fit.py).
+Auto = Literal["auto"]
 
 # ---- sections ------------------------------------------------------------------------------------
 
@@ -41,7 +45,7 @@ class ModelSection:
     sequence_len: int = 2048
     dtype: str = "auto"  # compute dtype: auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16
     attention: str = "auto"  # auto (cudnn on GPU with bf16, else blocked) | blocked | xla | cudnn
-    remat: bool = False  # recompute block activations in the backward pass (less memory, ~30 % slower)
+    remat: bool | Auto = False  # recompute block activations in the backward pass (less memory, ~30 % more compute); auto: only when the step would not fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +74,7 @@ class BaseSection:
     """Base pretraining on FineWeb-Edu (docs/DESIGN.md §5). Horizon: the first of num_iterations,
     target_flops, target_param_data_ratio that is set (> 0)."""
 
-    device_batch_size: int = 32
+    device_batch_size: int | Auto = 32  # rows per micro-batch; auto: the most that fit the GPU (jaxchat/fit.py)
     total_batch_size: int = 524_288  # tokens per optimizer step; accumulation makes it up
     num_iterations: int = -1
     target_flops: float = -1.0
@@ -88,7 +92,7 @@ class BaseSection:
 class MidSection:
     """Midtraining on the task mixture (docs/DESIGN.md §6): one epoch, progress-based LR."""
 
-    device_batch_size: int = 32
+    device_batch_size: int | Auto = 32  # rows per micro-batch; auto: the most that fit the GPU
     total_batch_size: int = 524_288
     num_iterations: int = -1  # -1: one full epoch of the mixture
     eval_every: int = 150
@@ -100,7 +104,7 @@ class MidSection:
 class SFTSection:
     """Supervised fine-tuning (docs/DESIGN.md §7): one epoch, one conversation per row."""
 
-    device_batch_size: int = 4
+    device_batch_size: int | Auto = 4  # rows per micro-batch; auto: the most that fit the GPU
     examples_per_step: int = 32  # device_batch_size × accumulation
     num_iterations: int = -1  # -1: one epoch
     init_lr_frac: float = 0.02
@@ -160,6 +164,7 @@ class RunConfig:
     source_tag: str = ""  # mid/sft: the previous stage's tag (default: this run's tag)
     source_step: int = -1  # mid/sft: the previous stage's step (default: its latest)
     wandb_run: str = ""  # log to Weights & Biases under this run name (default: local JSONL only)
+    target: str = ""  # the GPU a preset is sized for (jaxchat/targets); python -m jaxchat.plan plans for it
     model: ModelSection = ModelSection()
     tokenizer: TokenizerSection = TokenizerSection()
     optim: OptimSection = OptimSection()
@@ -227,7 +232,7 @@ def validate(config: RunConfig, stage: str = "all") -> RunConfig:
         if checked(key) and isinstance(value, float) and not math.isfinite(value):
             raise JaxchatError(f"{key}={value}: expected a finite number")
     for key in sorted(filter(checked, _POSITIVE)):
-        if get(config, key) <= 0:
+        if get(config, key) != "auto" and get(config, key) <= 0:
             raise JaxchatError(f"{key}={get(config, key)}: expected a positive number")
     for key in sorted(filter(checked, _NON_NEGATIVE)):
         if get(config, key) < 0:
@@ -236,6 +241,8 @@ def validate(config: RunConfig, stage: str = "all") -> RunConfig:
     for key in sorted(filter(checked, _UNIT_INTERVAL)):
         if not 0 <= get(config, key) <= 1:
             raise JaxchatError(f"{key}={get(config, key)}: expected a number in [0, 1]")
+    if config.target:
+        targets.check_name(config.target)
     if "chat_eval" in sections and (config.chat_eval.max_problems == 0 or config.chat_eval.max_problems < -1):
         raise JaxchatError(f"chat_eval.max_problems={config.chat_eval.max_problems}: expected -1 (all) or a positive number")
     for key, choices in _CHOICES.items():
@@ -245,12 +252,14 @@ def validate(config: RunConfig, stage: str = "all") -> RunConfig:
         if name not in sections:
             continue
         section = getattr(config, name)
-        row_tokens = section.device_batch_size * config.model.sequence_len
+        rows = 1 if section.device_batch_size == "auto" else section.device_batch_size  # auto: a divisor
+        row_tokens = rows * config.model.sequence_len
         if section.total_batch_size % row_tokens:
+            what = "model.sequence_len" if rows == 1 else f"{name}.device_batch_size × model.sequence_len"
             raise JaxchatError(
-                f"{name}.total_batch_size={section.total_batch_size} is not a multiple of "
-                f"{name}.device_batch_size × model.sequence_len = {row_tokens}")
-    if "sft" in sections and config.sft.examples_per_step % config.sft.device_batch_size:
+                f"{name}.total_batch_size={section.total_batch_size} is not a multiple of {what} = {row_tokens}")
+    if ("sft" in sections and config.sft.device_batch_size != "auto"
+            and config.sft.examples_per_step % config.sft.device_batch_size):
         raise JaxchatError(f"sft.examples_per_step={config.sft.examples_per_step} is not a multiple of "
                            f"sft.device_batch_size={config.sft.device_batch_size}")
     if "base" in sections and not config.base.warmup_ratio + config.base.warmdown_ratio <= 1:
@@ -289,7 +298,35 @@ def _field_type(obj: Any, name: str) -> type:
 
 
 def _type_name(obj: Any, name: str) -> str:
-    return getattr(_field_type(obj, name), "__name__", str(_field_type(obj, name)))
+    return _describe_type(_field_type(obj, name))
+
+
+def _describe_type(target: Any) -> str:
+    """``int``, ``int|auto`` (a union with a Literal), as ``--help`` and errors show it."""
+    if typing.get_origin(target) is Literal:
+        return "|".join(str(choice) for choice in typing.get_args(target))
+    if typing.get_origin(target) in (typing.Union, types.UnionType):
+        return "|".join(_describe_type(member) for member in typing.get_args(target))
+    return getattr(target, "__name__", str(target))
+
+
+def _coerce_union(key: str, value: Any, target: Any, *, typed: bool, source: str) -> Any:
+    """``value`` as one of the members of a ``X | Literal[...]`` field: a literal word (``auto``) as
+    itself, anything else as the first member type that takes it."""
+    members = typing.get_args(target)
+    words = [word for member in members if typing.get_origin(member) is Literal for word in typing.get_args(member)]
+    text = value.strip().lower() if isinstance(value, str) and not typed else value
+    if text in words:
+        return text
+    others = [member for member in members if typing.get_origin(member) is not Literal]
+    for member in others:
+        try:
+            return _coerce(key, value, member, typed=typed, source=source)
+        except JaxchatError:
+            continue
+    where = "" if source == "command line" else f"{source}: "
+    kinds = ["bool (true or false)" if member is bool else _describe_type(member) for member in others]
+    raise JaxchatError(f"{where}{key}={value!r}: expected {' or '.join(kinds + words)}")
 
 
 def _coerce(key: str, value: Any, target: type, *, typed: bool, source: str) -> Any:
@@ -301,6 +338,8 @@ def _coerce(key: str, value: Any, target: type, *, typed: bool, source: str) -> 
     (``typed=True``) must already have the field's type, an int standing for a float: ``depth = "4"``,
     ``depth = 4.0`` or ``resume = "yes"`` in a preset is refused, not guessed at. Floats must be finite.
     """
+    if typing.get_origin(target) in (typing.Union, types.UnionType):
+        return _coerce_union(key, value, target, typed=typed, source=source)
     where = "" if source == "command line" else f"{source}: "
     if not typed and isinstance(value, str) and target is not str:
         text = value.strip()

@@ -18,7 +18,9 @@ writes anything). Each refusal is one JaxchatError line, which the CLI prints as
   ``model.remat``) or each block's input and its 4× MLP hidden (without), in the compute dtype. It is
   compared with the device's memory (``memory_stats()["bytes_limit"]``) on an accelerator, or the
   host's available RAM (``MemAvailable`` + ``SwapFree`` of ``/proc/meminfo``, capped by the cgroup's
-  limit) on the CPU. When the run does not fit, the estimate is printed as a plan, then refused.
+  limit) on the CPU. When the run does not fit, the estimate is printed as a plan, then refused. A
+  ``"auto"`` device batch or remat is counted at its smallest (1 row, remat on): ``jaxchat.fit``
+  then compiles the step and chooses exactly, refusing with XLA's figures if nothing fits.
 """
 
 from __future__ import annotations
@@ -206,8 +208,13 @@ def _stage_shape(stage: str, cfg: RunConfig, vocab_size: int) -> tuple[GPTConfig
     if stage == "sft":  # rows are padded to the shortest bucket that holds them: 1/8 of the context at least
         from jaxchat.data.chat import default_buckets  # lazy: the chat data pipeline
 
-        return model, cfg.sft.device_batch_size, default_buckets(seq)[0]
-    return model, getattr(cfg, stage).device_batch_size, seq
+        return model, _rows(cfg.sft.device_batch_size), default_buckets(seq)[0]
+    return model, _rows(getattr(cfg, stage).device_batch_size), seq
+
+
+def _rows(setting: int | str) -> int:
+    """The fewest rows a stage may run with: "auto" (jaxchat.fit) may go down to 1."""
+    return 1 if setting == "auto" else setting
 
 
 def _source_model(stage: str, cfg: RunConfig) -> GPTConfig | None:
@@ -246,7 +253,8 @@ def check_memory(stage: str, cfg: RunConfig, plan: Any = None, available: tuple[
     for name in training:
         model, rows, tokens = _stage_shape(name, cfg, vocab_size)
         estimates.append(estimate_memory(name, model, max(1, rows // n_devices), tokens,
-                                         compute_dtype=plan.compute_dtype, remat=plan.remat))
+                                         compute_dtype=plan.compute_dtype,
+                                         remat=plan.remat or cfg.model.remat == "auto"))
     limit, where = available
     worst = max(estimates, key=lambda e: e.total)
     if limit is not None and worst.total > limit:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import os
 from typing import Any
 
 import jax
@@ -29,12 +30,14 @@ import jax.numpy as jnp
 from jaxchat.common import JaxchatError
 from jaxchat.config import ModelSection
 from jaxchat.kernels.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from jaxchat.targets import peak_flops
 
 DENSE_IMPLEMENTATIONS = ("xla", "transposed")
 CPU_LOSS_CHUNK_BYTES = 16 << 20
 GPU_LOSS_CHUNK_BYTES = 512 << 20
-# Dense bf16 peak FLOP/s by device kind (datasheets), for MFU; unknown devices show no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}
+# The share of a GPU's memory XLA's allocator may take (JAX's own default, 75 %, would not hold the
+# d20 step at 32 rows on an 80 GB card); set by ``claim_gpu_memory`` before JAX starts.
+GPU_MEMORY_FRACTION = 0.95
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,17 +83,23 @@ def resolve(model: ModelSection, backend: str, device_kind: str = "") -> Runtime
     if attention == "cudnn" and not (gpu and dtype in ("bfloat16", "float16")):
         raise JaxchatError(f"model.attention='cudnn' needs a GPU and model.dtype bfloat16 (this run: {backend}, "
                            f"{dtype}); use model.attention=auto")
-    peak = next((flops for name, flops in PEAK_FLOPS.items() if gpu and name in device_kind), None)
     return Runtime(backend=backend, compute_dtype=dtype, attention=attention,
                    dense="transposed" if cpu else "xla",
                    loss_chunk_bytes=CPU_LOSS_CHUNK_BYTES if cpu else GPU_LOSS_CHUNK_BYTES,
-                   remat=model.remat, retain_host_memory=cpu, peak_flops=peak)
+                   remat=model.remat is True,  # "auto" starts off: jaxchat.fit turns it on if needed
+                   retain_host_memory=cpu, peak_flops=peak_flops(device_kind) if gpu else None)
 
 
 def for_this_machine(model: ModelSection | None = None) -> Runtime:
     """``resolve`` for this process's default JAX backend and its first device (the one place that
     asks JAX what this machine is)."""
     return resolve(model or ModelSection(), jax.default_backend(), jax.devices()[0].device_kind)
+
+
+def claim_gpu_memory() -> None:
+    """Let XLA's GPU allocator take ``GPU_MEMORY_FRACTION`` of the device (unless the user set
+    ``XLA_PYTHON_CLIENT_MEM_FRACTION``). Read when JAX starts its GPU client: call before that."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(GPU_MEMORY_FRACTION))
 
 
 def predict_backend() -> str:

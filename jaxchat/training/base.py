@@ -50,9 +50,7 @@ def train_base(cfg: RunConfig) -> dict[str, Any]:
     train_paths, val_paths = split_shards(list_shards())
     model_config = GPTConfig.from_depth(cfg.model.depth, vocab_size=tokenizer.get_vocab_size(),
                                         sequence_len=cfg.model.sequence_len)
-    section = cfg.base
-    rows, seq = section.device_batch_size, cfg.model.sequence_len
-    accum = section.total_batch_size // (rows * seq)
+    section, seq = cfg.base, cfg.model.sequence_len
     num_steps, horizon_source = horizon(cfg, model_config)
     if warning := repetition_warning(train_paths, num_steps * section.total_batch_size, tokenizer):
         print(warning, flush=True)  # a tiny corpus repeated many times
@@ -60,6 +58,8 @@ def train_base(cfg: RunConfig) -> dict[str, Any]:
     stage = Stage("base", cfg, model_config, tokenizer)
     stage.check_eval_bundle(section.core_every != 0)
     stage.init_fresh()
+    rows = stage.fit_to_device()
+    accum = section.total_batch_size // (rows * seq)
     data = pretrain_dataset(train_paths, tokenizer, rows=rows * accum, seq_len=seq)
     val = list(val_batches(val_paths, tokenizer, rows=rows, seq_len=seq,
                            num_batches=max(1, section.eval_tokens // (rows * seq))))

@@ -32,7 +32,7 @@ def train_mid(cfg: RunConfig) -> dict[str, Any]:
     stage = Stage("mid", cfg, None, tokenizer)
     stage.init_from_previous_stage()
     section, seq = cfg.mid, cfg.model.sequence_len
-    rows = section.device_batch_size
+    rows = stage.fit_to_device()
     accum = section.total_batch_size // (rows * seq)
     train_task = mid_train_mixture(scale=section.task_scale, offline=cfg.data.offline, custom_json=cfg.data.custom_json)
     val_task = mid_val_mixture(scale=section.task_scale, offline=cfg.data.offline)

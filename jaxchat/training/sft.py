@@ -27,7 +27,8 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
     stage = Stage("sft", cfg, None, tokenizer)
     stage.init_from_previous_stage()
     section, seq = cfg.sft, cfg.model.sequence_len
-    accum = section.examples_per_step // section.device_batch_size
+    rows = stage.fit_to_device()
+    accum = section.examples_per_step // rows
     train_task = sft_train_mixture(scale=section.task_scale, offline=cfg.data.offline, custom_json=cfg.data.custom_json)
     val = sft_val_tasks(scale=section.task_scale, offline=cfg.data.offline)
     data = sft_dataset(train_task, tokenizer, rows=section.examples_per_step, seq_len=seq)
@@ -36,7 +37,7 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
     num_steps = min(section.num_iterations, epoch_steps) if section.num_iterations > 0 else epoch_steps
     schedule = sft_lr_multiplier(num_steps)
 
-    val_loss = val_rows(sft_dataset(val["loss"], tokenizer, rows=section.device_batch_size, seq_len=seq),
+    val_loss = val_rows(sft_dataset(val["loss"], tokenizer, rows=rows, seq_len=seq),
                         section.eval_steps)
     stage.add_eval(section.eval_every, lambda state: {"val_loss": stage.loss(state, val_loss)})
     stage.add_eval(section.metrics_every, lambda state: {  # mmlu_acc, arc_easy_acc (offline: those in the cache)
@@ -45,7 +46,7 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
     plan = [
         ("horizon", f"{num_steps:,} steps (one epoch{', capped by sft.num_iterations' if num_steps < epoch_steps else ''})"),
         ("train mixture", f"{describe(train_task)}, {section.examples_per_step} per step "
-                          f"({section.device_batch_size} rows × {accum} micro-batches)"),
+                          f"({rows} rows × {accum} micro-batches)"),
         ("LR", f"{section.init_lr_frac:g} × base LRs, linear to 0; no clipping; Muon momentum 0.95"),
     ]
     return stage.run(data, num_steps=num_steps, lr_multiplier=lambda step, _: float(schedule(step)),

@@ -7,6 +7,7 @@ missing or incompatible source checkpoint, a missing eval bundle) is checked bef
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxchat import host_memory, runtime, sharding, stages
+from jaxchat import fit, host_memory, runtime, sharding, stages
 from jaxchat.checkpoint import (RESUME_ITEMS, StageCheckpointer, checkpoint_dir, committed_steps, complete_steps,
                                 find_checkpoint, latest_intact_step, load_params, read_meta)
 from jaxchat.common import JaxchatError, jaxchat_home
@@ -86,6 +87,7 @@ class Stage:
         self.evals: list[tuple[int, Callable[[TrainState], dict[str, float]]]] = []
         self.source: str | None = None
         self.graphdef = self.params = self.tx = None
+        self.fitted: fit.Fit | None = None  # the device batch chosen by fit_to_device, when "auto"
 
     # ---- model and optimizer ----------------------------------------------------------------------
 
@@ -114,6 +116,20 @@ class Stage:
             self.params = abstract
         self.tx = build_optimizer(self.params, self.model_config, self.cfg, self.name)
         self.source = f"{previous}/{tag}/{step} ({path})"
+
+    def fit_to_device(self) -> int:
+        """Rows per micro-batch: the config's, or, when it or ``model.remat`` is "auto", the most whose
+        compiled step fits this device (``jaxchat.fit``; remat only if needed). Call after the model is
+        built; the choice and its memory join the plan. JaxchatError when no batch fits."""
+        setting = getattr(self.cfg, self.name).device_batch_size
+        if setting != "auto" and self.cfg.model.remat != "auto":
+            return setting
+        chosen = fit.fit(self.name, self.cfg, self.model_config, fit.this_machine(self.runtime))
+        if chosen.remat != self.runtime.remat:  # the params are the same; only the program changes
+            self.runtime = dataclasses.replace(self.runtime, remat=chosen.remat)
+            self.graphdef, _ = build_model(self.model_config, self.cfg, self.runtime, abstract=True)
+        self.fitted = chosen
+        return chosen.rows
 
     def check_eval_bundle(self, needed: bool) -> None:
         """CORE needs the eval bundle: say so before training rather than at the first eval."""
@@ -197,6 +213,8 @@ class Stage:
             ("devices", f"{jax.devices()[0].device_kind} ×{jax.device_count()}"),
             ("runtime", plan_line),
         ]
+        if self.fitted is not None:
+            header.append(("device batch", self.fitted.describe()))
         if self.source:
             header.append(("weights from", self.source))
         if self.resume_step is not None:

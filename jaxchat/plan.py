@@ -1,0 +1,177 @@
+"""Plan a run without training: ``python -m jaxchat.plan --config configs/d20.toml [--target h100-80gb]``.
+
+For each training stage, compiles the train step (for a named GPU without one, or for this machine)
+and prints what one device holds: parameters, optimizer state, the temporaries XLA allocates
+(activations, gradients, scratch), the device batch and remat (chosen when the preset says
+``"auto"``, else as configured, with whether it fits), FLOPs per token and the expected time at an
+assumed MFU. Then the engine's prefill and decode and the eval forward. Nothing is trained or written.
+
+    python -m jaxchat.plan --config configs/d20_24gb.toml              # the preset's own target
+    python -m jaxchat.plan --model.depth=26 --target=a100-40gb --base.device_batch_size=auto
+    python -m jaxchat.plan --config configs/d20.toml --target=this     # this machine's device
+
+Named targets (jaxchat/targets): a100-80gb, h100-80gb, a100-40gb, rtx4090-24gb, rtx4080-16gb,
+rtx4070-12gb. Planning for one needs XLA's GPU compiler (``pip install -e '.[cuda12]'``), not a GPU.
+Every key of ``python train.py --help`` is accepted as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+import jax
+
+from jaxchat import cli, fit, runtime, targets
+from jaxchat.common import JaxchatError
+from jaxchat.config import RunConfig, load_toml, override, parse_overrides, validate
+from jaxchat.model import GPTConfig, estimate_flops, num_params
+from jaxchat.preflight import human
+from jaxchat.training.base import horizon
+from jaxchat.training.build import abstract_state, build_model, build_optimizer
+
+PROG = "python -m jaxchat.plan"
+DEFAULT_TARGET = "h100-80gb"  # the recipe's card when neither the command line nor the preset names one
+DEFAULT_MFU = 0.4  # assumed for the time estimates: nanochat's d20 reaches ~48 % on H100s
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanOptions:
+    """The plan's own keys (the rest are ``train.py``'s)."""
+
+    stages: str = "base,mid,sft"  # comma-separated training stages to plan
+    mfu: float = DEFAULT_MFU  # model FLOPs utilisation assumed for the expected times
+    inference: bool = True  # also compile the engine's prefill/decode and the eval forward
+
+
+def parse(argv: Sequence[str]) -> tuple[RunConfig, PlanOptions, str]:
+    """(run config, plan options, target) from the command line; ``target`` "this" = this machine."""
+    options = parse_overrides(list(argv))
+    preset = options.pop("config", None)
+    own = {key: options.pop(key) for key in [f.name for f in dataclasses.fields(PlanOptions)] if key in options}
+    plan = override(PlanOptions(), own, prog=PROG)
+    target = options.pop("target", None)
+    if target not in (None, "this"):
+        targets.check_name(target)
+    cfg = validate(override(load_toml(preset) if preset else RunConfig(), options, prog=PROG))
+    if not 0 < plan.mfu <= 1:
+        raise JaxchatError(f"mfu={plan.mfu}: expected a fraction in (0, 1]")
+    for stage in plan.stages.split(","):
+        if stage not in ("base", "mid", "sft"):
+            raise JaxchatError(f"stages={plan.stages!r}: expected base, mid and/or sft, comma-separated")
+    return cfg, plan, target or cfg.target or DEFAULT_TARGET
+
+
+def hours(total_flops: float, peak: float | None, mfu: float) -> str:
+    if not peak:
+        return "unknown (no peak FLOP/s for this device)"
+    seconds = total_flops / (peak * mfu)
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def stage_steps(stage: str, cfg: RunConfig, model_config) -> tuple[int | None, int, str]:
+    """(optimizer steps or None when set by the data, tokens per step, how the steps were chosen)."""
+    if stage == "base":
+        steps, how = horizon(cfg, model_config)
+        return steps, cfg.base.total_batch_size, how
+    section = getattr(cfg, stage)
+    tokens = section.total_batch_size if stage == "mid" else section.examples_per_step * cfg.model.sequence_len
+    if section.num_iterations > 0:
+        return section.num_iterations, tokens, f"{stage}.num_iterations"
+    return None, tokens, "one epoch (its length is known once the data is read)"
+
+
+def run(cfg: RunConfig, options: PlanOptions, target: str) -> int:
+    """Print the plan (see the module docstring)."""
+    if target == "this":
+        machine = fit.this_machine(runtime.for_this_machine(cfg.model))
+        peak = machine.runtime.peak_flops
+        where = f"this machine: {machine.name}"
+    else:
+        machine = fit.for_target(target, cfg.model)
+        peak = targets.get(target).peak_flops
+        where = f"{target} ({targets.get(target).description}), compiled without a GPU"
+    vocab = cfg.tokenizer.vocab_size
+    model_config = GPTConfig.from_depth(cfg.model.depth, vocab_size=vocab, sequence_len=cfg.model.sequence_len)
+    flops = estimate_flops(model_config)
+    _, params = build_model(model_config, cfg, machine.runtime, abstract=True)
+    state = abstract_state(params, build_optimizer(params, model_config, cfg, "base"))
+
+    def size(tree) -> int:
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+    print(f"plan for {where}")
+    rows = [
+        ("model", f"depth {model_config.n_layer}, width {model_config.n_embd}, {model_config.n_head} heads, "
+                  f"vocab {vocab:,}, context {model_config.sequence_len}: {num_params(model_config):,} parameters"),
+        ("runtime", machine.runtime.describe()),
+        ("memory", machine.describe_budget()),
+        ("parameters", f"{human(size(state.params))} (float32)"),
+        ("optimizer state", f"{human(size(state.opt_state))} (float32)"),
+        ("FLOPs/token", f"{flops:.3e} (training: 6 × matmul params + attention)"),
+        ("assumed MFU", f"{options.mfu:.0%} of {peak / 1e12:.0f} TFLOP/s" if peak else "no peak known"),
+    ]
+    print(_table(rows))
+    header = ("stage", "device batch", "remat", "temporaries", "peak", "fits", "steps × tokens", "expected time")
+    lines = []
+    for stage in options.stages.split(","):
+        chosen = fit.fit(stage, cfg, model_config, machine)
+        steps, tokens, how = stage_steps(stage, cfg, model_config)
+        time = (hours(flops * steps * tokens, peak, options.mfu) if steps else
+                f"{hours(flops * 1000 * tokens, peak, options.mfu)} per 1,000 steps")
+        lines.append((stage, f"{chosen.rows} × {chosen.seq} × {chosen.accum}" + (" (auto)" if chosen.chosen else ""),
+                      "on" if chosen.remat else "off", human(chosen.memory.temporaries), human(chosen.memory.peak),
+                      "yes" if chosen.fits else "NO", f"{steps:,} × {tokens:,}" if steps else how, time))
+    print()
+    print(_markdown(header, lines))
+    if options.inference:
+        memory = fit.inference_memory(machine, model_config, cfg, eval_rows=_eval_rows(cfg))
+        print()
+        print(_markdown(("program", "shape", "peak", "fits"), [
+            ("prefill", f"1 prompt × {model_config.sequence_len}, 8 samples", human(memory["prefill"].peak),
+             _fits(memory["prefill"], machine)),
+            ("decode", f"8 rows, cache {model_config.sequence_len}", human(memory["decode"].peak),
+             _fits(memory["decode"], machine)),
+            ("eval forward", f"{_eval_rows(cfg)} × {model_config.sequence_len}", human(memory["eval"].peak),
+             _fits(memory["eval"], machine))]))
+    return 0
+
+
+def _eval_rows(cfg: RunConfig) -> int:
+    rows = cfg.base.device_batch_size
+    return rows if rows != "auto" else 8
+
+
+def _fits(memory, machine) -> str:
+    return "yes" if machine.budget is None or memory.peak <= machine.budget else "NO"
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"  {label:<{width}}  {text}" for label, text in rows)
+
+
+def _markdown(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if cli.wants_help(argv):
+        print(cli.help_text(__doc__, PlanOptions(), extra=[("config", "(none)  a TOML preset (configs/)")]))
+        print("  ... and every key of `python train.py --help` (target = the GPU to plan for; 'this' = this machine)")
+        return 0
+
+    def plan() -> int:
+        cfg, options, target = parse(argv)
+        if target != "this":
+            targets.compile_only_process()  # before JAX starts
+        return run(cfg, options, target)
+
+    return cli.report_errors(plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

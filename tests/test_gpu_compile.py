@@ -1,0 +1,95 @@
+"""The GPU programs compile, and fit, for the GPU each preset is sized for, without a GPU.
+
+XLA's GPU compiler (the ``jax[cuda12]`` plugin, which ``.ci/run`` installs) compiles, deviceless for
+the preset's ``target`` (h100-80gb when it names none), the train step of every preset in its GPU
+form (bf16, cuDNN attention, the preset's remat): base (mid has the same shape in every preset) and
+SFT at its full context; and the engine's prefill and decode and the eval forward of the recipe's
+d20. Each must fit ``jaxchat.fit.SAFETY`` of the card's memory. Skipped where the plugin is absent.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from pathlib import Path
+
+import pytest
+
+from jaxchat import targets
+from jaxchat.config import load_toml
+
+pytestmark = pytest.mark.skipif(not targets.compiler_available(),
+                                reason="XLA's GPU compiler is not installed (pip install -e '.[cuda12]')")
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted(path.name for path in (ROOT / "configs").glob("*.toml"))
+STAGES = ("base", "sft")
+
+
+def fitted(preset: str, stage: str):
+    from jaxchat import fit
+    from jaxchat.model import GPTConfig
+
+    cfg = load_toml(ROOT / "configs" / preset)
+    machine = fit.for_target(cfg.target or "h100-80gb", cfg.model)
+    model_config = GPTConfig.from_depth(cfg.model.depth, vocab_size=cfg.tokenizer.vocab_size,
+                                        sequence_len=cfg.model.sequence_len)
+    return fit.fit(stage, cfg, model_config, machine), machine
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """{(preset, stage): (Fit, Machine) or the exception}: compiled in threads (XLA's compiler runs one
+    program on one core and releases the GIL, so this takes half the time on two cores)."""
+    jobs = {(preset, stage): None for preset in PRESETS for stage in STAGES}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        futures = {key: pool.submit(fitted, *key) for key in jobs}
+    return {key: future.exception() or future.result() for key, future in futures.items()}
+
+
+def test_the_presets_targets_exist():
+    for preset in PRESETS:
+        cfg = load_toml(ROOT / "configs" / preset)
+        if cfg.target:
+            targets.check_name(cfg.target)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_train_step_compiles_for_the_gpu_and_fits(compiled, preset, stage):
+    result = compiled[preset, stage]
+    if isinstance(result, BaseException):
+        raise result
+    chosen, machine = result
+    if load_toml(ROOT / "configs" / preset).model.dtype == "auto":  # the CPU presets pin float32
+        assert machine.runtime.compute_dtype == "bfloat16" and machine.runtime.attention == "cudnn"
+    assert chosen.fits, f"{preset} {stage}: {chosen.describe()}"
+
+
+def test_the_engine_and_the_eval_forward_compile_for_the_gpu_and_fit():
+    from jaxchat import fit
+    from jaxchat.model import GPTConfig
+
+    cfg = load_toml(ROOT / "configs" / "d20.toml")
+    machine = fit.for_target("h100-80gb", cfg.model)
+    model_config = GPTConfig.from_depth(20, vocab_size=65536, sequence_len=2048)
+    memory = fit.inference_memory(machine, model_config, cfg, eval_rows=32)
+    assert set(memory) == {"prefill", "decode", "eval"}
+    params = 4 * 560_988_160
+    for name, m in memory.items():
+        assert params <= m.arguments and m.peak <= machine.budget, (name, m)
+    assert memory["decode"].aliased > 0  # the KV cache is updated in place (donated), not copied
+
+
+def test_remat_shows_in_the_gpu_compiled_memory():
+    """Unlike a CPU compile, the GPU program's temporaries shrink with remat: what the choice relies on."""
+    from jaxchat import fit
+    from jaxchat.config import RunConfig
+    from jaxchat.model import GPTConfig
+
+    cfg = RunConfig()
+    machine = fit.for_target("rtx4090-24gb", cfg.model)
+    model_config = GPTConfig.from_depth(4, vocab_size=8192, sequence_len=2048)
+    without, with_remat = (fit.train_step_memory(machine, model_config, cfg, "base", rows=8, seq=2048, accum=32,
+                                                 remat=remat) for remat in (False, True))
+    assert with_remat.temporaries < 0.7 * without.temporaries  # the rest: the 512 MB loss chunk, gradients
