@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Lazy: these import JAX, which --help does not need, and malloc's setting must precede JAX's start.
         from jaxchat.host_memory import retain_freed_host_memory
-        from jaxchat.runtime import claim_gpu_memory
+        from jaxchat.runtime import configure_process
 
         retain_freed_host_memory()  # before JAX starts its CPU client; a no-op on GPU runs
-        claim_gpu_memory()  # before JAX starts its GPU client: 95 % of the device, not JAX's 75 %
+        configure_process()  # before JAX starts: 95 % of a GPU for XLA; a compile-only CUDA plugin is not tried
         from jaxchat.preflight import check_run
         from jaxchat.recipe import run_stage
         from jaxchat.training import stage as stage_module

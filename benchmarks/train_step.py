@@ -61,7 +61,7 @@ def peak_flops(plan: runtime.Runtime) -> tuple[float, str]:
 
 def main(argv=None):
     retain_freed_host_memory()  # as train.py does, before JAX starts
-    runtime.claim_gpu_memory()
+    runtime.configure_process()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)

@@ -36,7 +36,7 @@ DENSE_IMPLEMENTATIONS = ("xla", "transposed")
 CPU_LOSS_CHUNK_BYTES = 16 << 20
 GPU_LOSS_CHUNK_BYTES = 512 << 20
 # The share of a GPU's memory XLA's allocator may take (JAX's own default, 75 %, would not hold the
-# d20 step at 32 rows on an 80 GB card); set by ``claim_gpu_memory`` before JAX starts.
+# d20 step at 32 rows on an 80 GB card); set by ``configure_process`` before JAX starts.
 GPU_MEMORY_FRACTION = 0.95
 
 
@@ -96,10 +96,20 @@ def for_this_machine(model: ModelSection | None = None) -> Runtime:
     return resolve(model or ModelSection(), jax.default_backend(), jax.devices()[0].device_kind)
 
 
-def claim_gpu_memory() -> None:
-    """Let XLA's GPU allocator take ``GPU_MEMORY_FRACTION`` of the device (unless the user set
-    ``XLA_PYTHON_CLIENT_MEM_FRACTION``). Read when JAX starts its GPU client: call before that."""
+def configure_process() -> None:
+    """Environment JAX reads when it starts its clients (call before that; the user's settings win):
+    XLA's GPU allocator may take ``GPU_MEMORY_FRACTION`` of the device, and a CUDA plugin installed
+    only to compile (no NVIDIA driver here) is not tried as a backend (JAX would print a traceback
+    and fall back to the CPU anyway)."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(GPU_MEMORY_FRACTION))
+    if not jax.config.jax_platforms and _cuda_without_driver():
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        jax.config.update("jax_platforms", "cpu")  # read from the environment at import: already done
+
+
+def _cuda_without_driver() -> bool:
+    plugins = [entry.name for entry in importlib.metadata.entry_points(group="jax_plugins")]
+    return bool(plugins) and all("cuda" in name for name in plugins) and not os.path.exists("/dev/nvidiactl")
 
 
 def predict_backend() -> str:
@@ -108,5 +118,8 @@ def predict_backend() -> str:
     platforms = jax.config.jax_platforms
     if platforms:
         return platforms.split(",")[0].strip()
-    # Accelerator backends (jax[cuda12], ROCm, TPU) arrive as plugins; with none, JAX runs on the CPU.
+    # Accelerator backends (jax[cuda12], ROCm, TPU) arrive as plugins; with none, JAX runs on the CPU,
+    # as it does with a CUDA plugin installed to compile only (no NVIDIA driver: see configure_process).
+    if _cuda_without_driver():
+        return "cpu"
     return "accelerator" if importlib.metadata.entry_points(group="jax_plugins") else "cpu"

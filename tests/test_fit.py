@@ -102,7 +102,7 @@ def test_nothing_fits_is_refused_with_the_numbers():
     message = str(error.value)
     assert message.startswith("sft: depth 1 does not fit")
     assert "even at 1 row × 64 tokens with remat" in message and "peaks at 9.25 GiB" in message
-    assert "7.2 GiB usable (90% of 8 GiB, injected)" in message and "lower model.depth" in message
+    assert "7.6 GiB usable (95% of 8 GiB, injected)" in message and "lower model.depth" in message
 
 
 def test_a_fixed_config_is_measured_not_searched():
@@ -153,3 +153,34 @@ def test_base_with_auto_batch_trains_with_the_chosen_batch(home, monkeypatch, ca
     assert "error: base: depth 1 does not fit" in err and "even at 1 row × 64 tokens with remat" in err
     assert not (home / "checkpoints" / "base" / "small").exists() or not any(
         (home / "checkpoints" / "base" / "small").iterdir())
+
+
+# ---- python -m jaxchat.plan --------------------------------------------------------------------
+
+
+def test_plan_for_this_machine_prints_every_stage_without_training(capsys, tmp_path, monkeypatch):
+    from jaxchat import plan
+
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    assert plan.main(["--config", str(TINY), "--target=this", "--stages=base,sft", "--inference=false",
+                      "--base.device_batch_size=auto"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("plan for this machine: cpu")
+    for word in ("parameters", "optimizer state", "FLOPs/token", "| base | 8 × 64 × 1 (auto) | off |",
+                 "| sft | 2 × 64 × 2 | off |", "6 × 512"):
+        assert word in out, word
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target=rtx9090"], "error: target='rtx9090': no such GPU target; expected one of a100-40gb"),
+    (["--mfu=1.5"], "error: mfu=1.5: expected a fraction in (0, 1]"),
+    (["--stages=base,rl"], "error: stages='base,rl': expected base, mid and/or sft"),
+    (["--base.device_batch_size=lots"], "error: base.device_batch_size='lots': expected int or auto"),
+])
+def test_plan_refuses_bad_arguments_in_one_line(capsys, args, message):
+    from jaxchat import plan
+
+    assert plan.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1

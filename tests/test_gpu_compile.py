@@ -111,3 +111,16 @@ def test_remat_shows_in_the_gpu_compiled_memory():
     without, with_remat = (fit.train_step_memory(machine, model_config, cfg, "base", rows=8, seq=2048, accum=32,
                                                  remat=remat) for remat in (False, True))
     assert with_remat.temporaries < 0.7 * without.temporaries  # the rest: the 512 MB loss chunk, gradients
+
+
+def test_plan_for_a_named_card_compiles_every_program_for_it(capsys):
+    from jaxchat import plan
+
+    assert plan.main(["--config", str(ROOT / "configs" / "tiny.toml"), "--target=rtx4070-12gb",
+                      "--model.dtype=auto", "--sft.device_batch_size=auto"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("plan for rtx4070-12gb (NVIDIA GeForce RTX 4070), compiled without a GPU")
+    for word in ("attention cudnn", "usable (95% of 11.4 GiB", "| base | 4 × 64 × 2 | off |",
+                 "| sft | 4 × 64 × 1 (auto) | off |", "| prefill |", "| decode |", "| eval forward |",
+                 "of 58 TFLOP/s"):
+        assert word in out, word

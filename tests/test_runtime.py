@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import os
 from pathlib import Path
 
 import jax
@@ -84,3 +85,28 @@ def test_gpt_default_is_the_portable_reference():
     model = GPT(GPTConfig(sequence_len=8, vocab_size=32, n_layer=1, n_head=1, n_kv_head=1, n_embd=16), rngs=nnx.Rngs(0))
     assert model.runtime == runtime.Runtime()
     assert (model.runtime.attention, model.runtime.dense, model.runtime.compute_dtype) == ("xla", "xla", "float32")
+
+
+def test_remat_auto_starts_off_and_true_is_on():
+    assert runtime.resolve(ModelSection(remat="auto"), "gpu", "NVIDIA H100 80GB HBM3").remat is False
+    assert runtime.resolve(ModelSection(remat=True), "gpu", "").remat is True
+
+
+def test_configure_process_lets_xla_take_95_percent_and_keeps_the_users_choice():
+    import subprocess
+    import sys
+
+    code = ("import os; from jaxchat import runtime; runtime.configure_process(); "
+            "print(os.environ['XLA_PYTHON_CLIENT_MEM_FRACTION'])")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0.95"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "XLA_PYTHON_CLIENT_MEM_FRACTION": ".5"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ".5"
+
+
+def test_peak_flops_by_device_kind():
+    assert runtime.resolve(ModelSection(), "gpu", "NVIDIA GeForce RTX 4090").peak_flops == 165e12
+    assert runtime.resolve(ModelSection(), "gpu", "Some New GPU").peak_flops is None
+    assert runtime.resolve(ModelSection(), "cpu", "cpu").peak_flops is None
