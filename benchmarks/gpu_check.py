@@ -8,11 +8,13 @@ Each check runs in its own process (so peak device memory is its own) and prints
 1. d20 train step, bf16, 32 × 2048 tokens, no remat: tok/s, MFU against the datasheet, peak memory
    measured and as XLA's compiled analysis planned it (what ``jaxchat.fit`` chooses batches by).
 2. d26 train step, 16 × 2048, no remat (configs/d26.toml): the same.
-3. KV-cache decode at d20 (vocab 65,536, context 2048), batch 1 and 32: decode tok/s, TTFT.
-4. ``train.py --stage=base`` for 30 steps on generated FineWeb-format shards (d12, tokenizer trained
+3. ``python -m jaxchat.plan --target=this`` for d20 with ``device_batch_size=auto``: the batch and remat
+   jaxchat.fit picks on this GPU and the compiled peak (compare with check 1's measured peak).
+4. KV-cache decode at d20 (vocab 65,536, context 2048), batch 1 and 32: decode tok/s, TTFT.
+5. ``train.py --stage=base`` for 30 steps on generated FineWeb-format shards (d12, tokenizer trained
    first), a checkpoint at step 15; then step 30 is deleted and ``--resume`` redoes 15 → 30: the
    resumed step-30 loss must match the straight run's.
-5. Chat evaluation (ARC-Easy categorical + GSM8K generative) on 8 problems each, through the real
+6. Chat evaluation (ARC-Easy categorical + GSM8K generative) on 8 problems each, through the real
    evaluation code on that base checkpoint and generated task files.
 
 Everything is written under a temporary ``$JAXCHAT_HOME``; nothing needs the network. Record the
@@ -125,6 +127,16 @@ def chat_eval(env, home: Path) -> str:
     return f"| chat eval, 8 problems a task | ran: {cells} | base checkpoint (accuracy is not the point) |"
 
 
+def plan_auto(preset: str, env) -> str:
+    """``python -m jaxchat.plan --target=this`` with an automatic batch: what jaxchat.fit picks on this device."""
+    out = sh([PY, "-m", "jaxchat.plan", "--config", preset, "--target=this", "--stages=base", "--inference=false",
+              "--base.device_batch_size=auto", "--model.remat=auto"], env, timeout=600)
+    row = next(line for line in out.splitlines() if line.startswith("| base |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    return (f"| auto batch ({preset}) on this device | {cells[1]}, remat {cells[2]}, compiled peak {cells[4]} | "
+            f"{next(line.split('memory', 1)[1].strip() for line in out.splitlines() if line.strip().startswith('memory'))} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="toy sizes, any machine (checks the script itself)")
@@ -138,6 +150,7 @@ def main(argv=None) -> int:
                "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
         checks = [("d20", lambda: train_step("d20", sizes["d20"], env, tmp)),
                   ("d26", lambda: train_step("d26", sizes["d26"], env, tmp)),
+                  ("plan", lambda: plan_auto("configs/tiny.toml" if args.smoke else "configs/d20.toml", env)),
                   ("decode", lambda: decode(sizes["decode"], env, tmp)),
                   ("base", lambda: base_and_resume(sizes["base"], env, tmp / "home")),
                   ("chat_eval", lambda: chat_eval(env, tmp / "home"))]
