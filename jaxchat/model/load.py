@@ -23,7 +23,8 @@ from jaxchat.model.gpt import GPT
 from jaxchat.tokenizer import Tokenizer
 
 # GPTConfig fields that decide parameter shapes (sequence_len does not: rotary is computed on the fly).
-SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
+SHAPE_FIELDS = ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd",
+                "value_embeds", "layer_lambdas", "smear", "backout", "pad_vocab_to")  # what the parameter tree has
 
 
 def config_from_meta(meta: dict) -> GPTConfig:
@@ -63,8 +64,10 @@ def check_compatible(meta: dict, model_config: GPTConfig | dict, tokenizer: Any)
     on it), the tokenizer's fingerprint and its vocab size. Call it before building anything.
     """
     where = meta.get("checkpoint", f"{meta.get('stage', '?')} checkpoint step {meta.get('step', '?')}")
-    saved = meta.get("model_config") or {}
-    wanted = dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else dict(model_config)
+    defaults = dataclasses.asdict(GPTConfig())  # a checkpoint written before a field existed has its default
+    saved = {**defaults, **(meta.get("model_config") or {})}
+    wanted = {**defaults, **(dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config)
+                             else dict(model_config))}
     diffs = [f"{k}={saved.get(k)!r} (model wants {wanted.get(k)!r})" for k in SHAPE_FIELDS if saved.get(k) != wanted.get(k)]
     if diffs:
         raise JaxchatError(f"{where} has a different model shape: {', '.join(diffs)}")
