@@ -30,9 +30,9 @@ from jax.sharding import Mesh
 from jaxchat import runtime as runtimes
 from jaxchat import sharding, targets
 from jaxchat.common import JaxchatError
-from jaxchat.config import RunConfig
+from jaxchat.config import ModelSection, RunConfig
 from jaxchat.model import GPTConfig
-from jaxchat.preflight import human, memory_available
+from jaxchat.preflight import TRAINING_STAGES, human, memory_available
 from jaxchat.runtime import Runtime
 from jaxchat.training.build import abstract_state, build_model, build_optimizer
 from jaxchat.training.step import make_train_step
@@ -44,7 +44,6 @@ SAFETY = 0.95
 # (a silent recompute: d20 at 32 × 2048 needs 69.3 GiB, compiled for an 80 GB card it shows 59.3).
 # Measured with that limit lifted, a peak is what the program needs, not what XLA squeezed it into.
 MEASURE_OPTIONS = {"xla_gpu_memory_limit_slop_factor": 10_000}
-STAGES = ("base", "mid", "sft")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +93,6 @@ class Machine:
 
 def for_target(name: str, model: Any = None) -> Machine:
     """Compile-only ``name`` GPU (``jaxchat.targets``) running the model as a GPU run would."""
-    from jaxchat.config import ModelSection  # the model section's defaults when none is given
-
     target = targets.get(name)
     plan = runtimes.resolve(model or ModelSection(), "gpu", target.description)
     limit = int(target.memory * runtimes.GPU_MEMORY_FRACTION)
@@ -218,8 +215,8 @@ def largest_fitting(candidates: Sequence[int], fits: Callable[[int], bool]) -> i
 
 def stage_shape(stage: str, cfg: RunConfig) -> tuple[int | str, int, int]:
     """(rows setting, total rows per optimizer step, longest row) of a training stage's config."""
-    if stage not in STAGES:
-        raise JaxchatError(f"{stage}: expected a training stage ({', '.join(STAGES)})")
+    if stage not in TRAINING_STAGES:
+        raise JaxchatError(f"{stage}: expected a training stage ({', '.join(TRAINING_STAGES)})")
     section, seq = getattr(cfg, stage), cfg.model.sequence_len
     total = section.examples_per_step if stage == "sft" else section.total_batch_size // seq
     return section.device_batch_size, total, seq  # SFT rows are padded up to the context at most
