@@ -124,3 +124,16 @@ def test_plan_for_a_named_card_compiles_every_program_for_it(capsys):
                  "| sft | 4 × 64 × 1 (auto) | off |", "| prefill |", "| decode |", "| eval forward |",
                  "of 58 TFLOP/s"):
         assert word in out, word
+
+
+def test_plan_runs_as_a_user_runs_it_without_jax_platforms_set():
+    """The command itself makes the CUDA plugin a compiler only (a machine without a GPU)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    result = subprocess.run([sys.executable, "-m", "jaxchat.plan", "--config", "configs/tiny.toml",
+                             "--target=rtx4070-12gb", "--stages=base", "--inference=false"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| base | 4 × 64 × 2 | off |" in result.stdout

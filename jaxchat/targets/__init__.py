@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import sys
 import re
 from pathlib import Path
 
@@ -99,3 +100,6 @@ def compile_only_process() -> None:
     """Before JAX starts: run on the CPU, so that the CUDA plugin loads as a compiler only (without a
     GPU, trying it as a backend fails and unregisters it). For processes that only plan."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    jax = sys.modules.get("jax")  # already imported: its config read the environment then
+    if jax is not None and not jax.config.jax_platforms:
+        jax.config.update("jax_platforms", "cpu")
