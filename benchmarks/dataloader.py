@@ -33,7 +33,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from jaxchat.data.prefetch import device_prefetch  # noqa: E402
-from jaxchat.data.pretrain import DOCS_PER_CHUNK, DocumentEncoder, pretrain_dataset  # noqa: E402
+from jaxchat.data.documents import DocumentEncoder  # noqa: E402
+from jaxchat.data.pretrain import DOCS_PER_CHUNK, pretrain_dataset  # noqa: E402
 from jaxchat.tokenizer import Tokenizer  # noqa: E402
 from tests.fixtures.fineweb import fineweb_documents  # noqa: E402
 

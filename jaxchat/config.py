@@ -79,6 +79,7 @@ class BaseSection:
     num_iterations: int = -1
     target_flops: float = -1.0
     target_param_data_ratio: float = 20.0  # Chinchilla
+    packing: str = "stream"  # stream: windows of the token stream | bestfit: nanochat 92d63d4's BOS-aligned best-fit rows
     warmup_ratio: float = 0.0
     warmdown_ratio: float = 0.2
     final_lr_frac: float = 0.0
@@ -150,6 +151,7 @@ class CheckpointSection:
 class DataSection:
     """Where the data comes from (jaxchat/data/offline.py, jaxchat/tasks/mixtures.py)."""
 
+    corpus: str = "fineweb"  # pretraining shards: fineweb (base_data/) | climbmix (base_data_climbmix/, nanochat 92d63d4's data)
     offline: bool = False  # use what this machine has: tasks, CORE and chat evals that need the network are skipped (one line each)
     custom_json: str = ""  # .jsonl files of conversations (comma-separated) added to the mid and SFT train mixtures
 
@@ -194,6 +196,7 @@ _NON_NEGATIVE = {"chat_eval.temperature", "chat_eval.top_k", "optim.embedding_lr
                  "optim.matrix_lr", "optim.weight_decay", "optim.grad_clip"}
 _UNIT_INTERVAL = {"base.warmup_ratio", "base.warmdown_ratio", "base.final_lr_frac"}
 _CHOICES = {"model.dtype": ("auto", "float32", "bfloat16"), "model.attention": ("auto", "blocked", "xla", "cudnn"),
+            "base.packing": ("stream", "bestfit"), "data.corpus": ("fineweb", "climbmix"),
             "chat_eval.source": tuple(stage.name for stage in stages.STAGES if stage.chat_evaluated)}
 
 

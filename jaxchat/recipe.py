@@ -16,6 +16,7 @@ from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.config import RunConfig
 from jaxchat.data import download as downloader
 from jaxchat.data.offline import resolve_config
+from jaxchat.data.shards import default_data_dir
 from jaxchat.eval import chat as chat_evaluator
 from jaxchat.model import GPTConfig
 from jaxchat.report import assemble
@@ -37,16 +38,20 @@ def shards_needed(cfg: RunConfig) -> int:
 
 
 def download(cfg: RunConfig) -> None:
-    """The FineWeb-Edu shards ``cfg`` needs, the task datasets and the eval bundle (``jaxchat.data.download``)."""
+    """The pretraining shards ``cfg`` needs (``data.corpus``), the task datasets and the eval bundle
+    (``jaxchat.data.download``). ClimbMix's val shard comes on top of its train shards."""
     n = shards_needed(cfg)
-    print(f"download: {n} FineWeb-Edu shards for this config, the task datasets and the eval bundle")
-    if downloader.run(downloader.DownloadConfig(num_shards=n)).missing:
+    corpus = cfg.data.corpus
+    print(f"download: {n} {corpus} shards for this config, the task datasets and the eval bundle")
+    count = n - 1 if corpus == "climbmix" else n
+    if downloader.run(downloader.DownloadConfig(num_shards=count, corpus=corpus)).missing:
         raise JaxchatError("download incomplete (see the lines above); re-run the same command to resume")
 
 
 def tokenizer(cfg: RunConfig) -> None:
     """Train the tokenizer of ``cfg.tokenizer`` (``jaxchat.tokenizer.train``)."""
-    tokenizer_trainer.run(tokenizer_trainer.TokenizerTrainConfig(tokenizer=cfg.tokenizer))
+    data_dir = "" if cfg.data.corpus == "fineweb" else str(default_data_dir(cfg.data.corpus))
+    tokenizer_trainer.run(tokenizer_trainer.TokenizerTrainConfig(data_dir=data_dir, tokenizer=cfg.tokenizer))
 
 
 def chat_eval(cfg: RunConfig, source: str | None = None) -> None:

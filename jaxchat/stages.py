@@ -63,8 +63,8 @@ _TRAINING = ("model", "tokenizer", "optim")  # + the stage's own section and che
 STAGES: tuple[StageSpec, ...] = (
     # The only stage that uses the network: the shards for the tokenizer's characters and base's horizon.
     StageSpec("download", "Download", "jaxchat.recipe:download", in_all=False,
-              sections=("model", "tokenizer", "base")),
-    StageSpec("tokenizer", "Tokenizer training", "jaxchat.recipe:tokenizer", sections=("tokenizer",)),
+              sections=("model", "tokenizer", "base", "data")),
+    StageSpec("tokenizer", "Tokenizer training", "jaxchat.recipe:tokenizer", sections=("tokenizer", "data")),
     StageSpec("base", "Base training", "jaxchat.training.base:train_base", checkpointed=True,
               sections=(*_TRAINING, "base", "checkpoint", "data")),
     StageSpec("mid", "Mid training", "jaxchat.training.mid:train_mid", starts_from="base", checkpointed=True,

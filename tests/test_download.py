@@ -589,3 +589,111 @@ def test_missing_cache_files_are_reported_all_at_once(tmp_path):
     (tmp_path / "words_offline.txt").write_text("apple\n")
     assert missing_files("words", tmp_path) == []  # the spelling tasks read the offline list too
     assert download_command("fineweb", tmp_path) == "python -m jaxchat.data.download --only=fineweb --num_shards=8"
+
+
+# --------------------------------------------------------------------------- ClimbMix shards (nanochat 92d63d4's data)
+
+
+def _serve_climbmix(server, shard_bytes, indices=(0, 1, 6542)):
+    for i, data in zip(indices, shard_bytes):
+        server.files[f"/climbmix/shard_{i:05d}.parquet"] = data
+    return server.url + "/climbmix/shard_{i:05d}.parquet"
+
+
+def test_climbmix_is_nanochats_dataset():
+    assert download.CLIMBMIX_URL.format(i=6542) == (
+        "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main/shard_06542.parquet")
+    assert download.CLIMBMIX_MAX_SHARD == 6542
+    assert download.shard_indices("climbmix", 3) == [0, 1, 2, 6542]  # the val shard always comes too
+    assert download.shard_indices("climbmix", -1) == list(range(6543))
+    assert download.shard_indices("fineweb", 3) == [0, 1, 2]
+
+
+def test_climbmix_shards_download_into_their_own_directory(tmp_path, monkeypatch, server, shard_bytes):
+    url = _serve_climbmix(server, shard_bytes)
+    server.fail = {"/climbmix/shard_00001.parquet": ["503"], "/climbmix/shard_06542.parquet": ["truncate"]}
+    report = download.download_climbmix(2, tmp_path, url=url, workers=2, backoff=0, progress=False)
+    names = ["shard_00000.parquet", "shard_00001.parquet", "shard_06542.parquet"]
+    assert report.fetched == [f"base_data_climbmix/{n}" for n in names] and not report.missing
+    for name, data in zip(names, shard_bytes):
+        assert (tmp_path / "base_data_climbmix" / name).read_bytes() == data
+    assert not (tmp_path / "base_data").exists() and not list((tmp_path / "base_data_climbmix").glob("*.tmp"))
+    half = len(shard_bytes[2]) // 2  # the truncated val shard resumed with a Range request
+    assert [rng for rng, _ in _requests(server, "climbmix/shard_06542.parquet")] == [None, f"bytes={half}-"]
+    # The pretraining stage finds them by corpus; the val shard is the last one, as in nanochat.
+    from jaxchat.data.shards import split_shards
+
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    train, val = split_shards(list_shards(corpus="climbmix"))
+    assert [p.name for p in train] == names[:2] and [p.name for p in val] == ["shard_06542.parquet"]
+    assert ensure_available("climbmix", tmp_path) == tmp_path / "base_data_climbmix"
+    with pytest.raises(JaxchatError, match=r"--only=fineweb --num_shards=8"):
+        list_shards()  # FineWeb-Edu's directory is another one, still empty
+
+
+def test_climbmix_partial_tmp_resumes_and_complete_files_are_skipped(tmp_path, server, shard_bytes):
+    url = _serve_climbmix(server, shard_bytes)
+    base = tmp_path / "base_data_climbmix"
+    base.mkdir()
+    (base / "shard_00000.parquet").write_bytes(shard_bytes[0])
+    (base / "shard_00001.parquet.tmp").write_bytes(shard_bytes[1][:1000])
+    report = download.download_climbmix(2, tmp_path, url=url, workers=1, backoff=0, progress=False)
+    assert report.present == ["base_data_climbmix/shard_00000.parquet"] and len(report.fetched) == 2
+    assert _requests(server, "climbmix/shard_00000.parquet") == []
+    assert [rng for rng, _ in _requests(server, "climbmix/shard_00001.parquet")] == ["bytes=1000-"]
+    assert (base / "shard_00001.parquet").read_bytes() == shard_bytes[1] and not list(base.glob("*.tmp"))
+
+
+def test_climbmix_cli(tmp_path, monkeypatch, capsys, server, shard_bytes):
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    monkeypatch.setattr(download, "CLIMBMIX_URL", _serve_climbmix(server, shard_bytes))
+    monkeypatch.setattr(download, "FINEWEB_URL", server.url + "/nothing/{i}")
+    assert main(["--only=climbmix", "--num_shards=2", "--workers=1"]) == 0
+    out = capsys.readouterr().out
+    assert f"climbmix: 3 of 3 shards in {tmp_path / 'base_data_climbmix'}" in out
+    assert main(["--corpus=climbmix", "--only=fineweb", "--num_shards=2"]) == 2  # --only names the corpus
+    assert "--only=fineweb with --corpus=climbmix" in capsys.readouterr().err
+    # A complete cache needs no network: nothing is probed, nothing fetched.
+    monkeypatch.setattr(download, "probe", lambda *a, **k: pytest.fail("nothing to fetch: no probe"))
+    assert main(["--corpus=climbmix", "--only=climbmix", "--num_shards=2"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base_data_climbmix"]
+
+
+def test_climbmix_without_network(tmp_path, monkeypatch, capsys, dead_url):
+    """No host answers: one line at once, nothing written; a host answers but the shards fail: one
+    MISSING line each, naming the URL and where to put the file, and the cache check names the command."""
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    monkeypatch.setattr(download, "CLIMBMIX_URL", dead_url + "/shard_{i:05d}.parquet")
+    monkeypatch.setattr(download, "fetch", lambda *a, **k: pytest.fail("no download may start"))
+    assert main(["--only=climbmix", "--num_shards=2", "--retries=5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: the network is unreachable (cannot connect to 127.0.0.1:")
+    assert not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    monkeypatch.setattr(download, "CLIMBMIX_URL", dead_url + "/shard_{i:05d}.parquet")
+    monkeypatch.setattr(download, "probe", lambda urls, timeout=3.0: None)
+    assert main(["--only=climbmix", "--num_shards=2", "--workers=1", "--retries=0"]) == 1
+    err = capsys.readouterr().err
+    for i in (0, 1, 6542):
+        dest = tmp_path / "base_data_climbmix" / f"shard_{i:05d}.parquet"
+        assert f"MISSING base_data_climbmix/shard_{i:05d}.parquet" in err and f"put it at {dest}" in err
+    assert not list((tmp_path / "base_data_climbmix").iterdir())
+    with pytest.raises(JaxchatError, match=r"download them with `python -m jaxchat.data.download --only=climbmix"):
+        ensure_available("climbmix", tmp_path)
+    assert download_command("climbmix") == "python -m jaxchat.data.download --only=climbmix --num_shards=8"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--corpus=web"], "--corpus='web': expected one of fineweb, climbmix"),
+    (["--only=climbmix", "--num_shards=6543"], "--num_shards=6543: expected 1 … 6542 ClimbMix train shards"),
+    (["--corpus=climbmix", "--num_shards=0"], "--num_shards=0: expected 1 … 6542 ClimbMix train shards"),
+    (["--corpus=climbmix", "--only=fineweb"], "--only=fineweb with --corpus=climbmix"),
+])
+def test_climbmix_bad_settings_are_one_line_before_any_download(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
+    monkeypatch.setattr(download, "download_shards", lambda *a, **k: pytest.fail("must not start"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())

@@ -176,3 +176,18 @@ def test_a_tokenizer_checkpoints_use_is_not_replaced_and_resume_checks_it(home, 
     aside.rename(home / "tokenizer")
     assert run("--stage=base", "--base.num_iterations=3", "--resume") == 0
     assert read_meta("base", "tiny")["step"] == 3 and read_meta("base", "tiny")["tokenizer_fingerprint"] == old
+
+
+def test_base_on_climbmix_with_best_fit_packing(home, capsys):
+    """data.corpus=climbmix reads base_data_climbmix/ (the tokenizer too); base.packing=bestfit packs
+    nanochat 92d63d4's BOS-aligned rows."""
+    import shutil
+
+    shutil.move(str(home / "base_data"), str(home / "base_data_climbmix"))
+    args = ["--data.corpus=climbmix", "--base.packing=bestfit"]
+    assert run("--stage=tokenizer", *args) == 0
+    assert run("--stage=base", "--base.num_iterations=2", "--base.eval_every=100", *args) == 0
+    out = capsys.readouterr().out
+    assert "climbmix train shard(s)" in out and "bestfit packing" in out
+    assert find_checkpoint("base", "tiny")[1] == 2
+    assert read_meta("base", "tiny")["run_config"]["base"]["packing"] == "bestfit"

@@ -6,6 +6,8 @@ and the tasks / training code read them. It never touches the network.
 Layout (``<home>`` = ``$JAXCHAT_HOME``, default ``~/.cache/jaxchat``)::
 
     <home>/base_data/shard_00000.parquet ...       FineWeb-Edu shards (column `text`)
+    <home>/base_data_climbmix/shard_00000.parquet … ClimbMix shards (nanochat's current pretraining data, column
+                                                    `text`): train shards 0, 1, … and the val shard 06542
     <home>/tasks/<name>/<config>/<split>.parquet    one file per HF dataset split (HF schema, unchanged)
     <home>/tasks/.hf_cache/                          datasets' Arrow cache of those files (derived; deletable)
     <home>/base_data/corpus.json                    only for shards made from local text (--from_text, offline mode):
@@ -52,6 +54,11 @@ CORPUS_MARKER = "corpus.json"  # in base_data/: the shards were made from local 
 WORDS_OFFLINE_FILE = "words_offline.txt"
 OFFLINE_MANIFEST = "offline.json"
 FINEWEB_COMMAND = f"{DOWNLOAD_MODULE} --only=fineweb --num_shards=8"
+CLIMBMIX_DIR = "base_data_climbmix"  # nanochat's directory name for it too
+CLIMBMIX_COMMAND = f"{DOWNLOAD_MODULE} --only=climbmix --num_shards=8"
+# The pretraining corpora: name -> directory under $JAXCHAT_HOME. Each has its own, so they never mix.
+CORPUS_DIRS = {"fineweb": FINEWEB_DIR, "climbmix": CLIMBMIX_DIR}
+CORPORA = tuple(CORPUS_DIRS)
 NO_CONFIG = "default"  # local directory name for HF datasets that have no config
 
 
@@ -88,6 +95,7 @@ HF_SOURCES: tuple[HFSource, ...] = (
 # `--only` group of each item, for the command printed in error messages.
 ITEMS: dict[str, str] = {
     "fineweb": "fineweb",
+    "climbmix": "climbmix",
     "identity": "tasks",
     "words": "tasks",
     "eval_bundle": "eval",
@@ -97,6 +105,13 @@ ITEMS: dict[str, str] = {
 
 def _home(home: str | Path | None) -> Path:
     return Path(home) if home is not None else jaxchat_home()
+
+
+def corpus_dir(corpus: str = "fineweb", home: str | Path | None = None) -> Path:
+    """The shard directory of pretraining corpus ``corpus`` (``fineweb`` or ``climbmix``) in ``home``."""
+    if corpus not in CORPUS_DIRS:
+        raise JaxchatError(f"unknown pretraining corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
+    return _home(home) / CORPUS_DIRS[corpus]
 
 
 def read_corpus_marker(directory: str | Path) -> dict[str, Any] | None:
@@ -112,11 +127,14 @@ def read_corpus_marker(directory: str | Path) -> dict[str, Any] | None:
 
 def fineweb_command(directory: str | Path | None = None) -> str:
     """The command that (re)makes the shards of ``directory`` (default ``$JAXCHAT_HOME/base_data``):
-    the FineWeb-Edu download, or, for shards made from local text, the command that made them
-    (recorded in their ``corpus.json``), so that a hint never overwrites someone's own corpus with FineWeb."""
+    the FineWeb-Edu download (the ClimbMix one for a ``base_data_climbmix`` directory), or, for shards
+    made from local text, the command that made them (recorded in their ``corpus.json``), so that a
+    hint never overwrites someone's own corpus with FineWeb."""
     directory = Path(directory) if directory is not None else jaxchat_home() / FINEWEB_DIR
     marker = read_corpus_marker(directory)
-    return marker["command"] if marker is not None else FINEWEB_COMMAND
+    if marker is not None:
+        return marker["command"]
+    return CLIMBMIX_COMMAND if directory.name == CLIMBMIX_DIR else FINEWEB_COMMAND
 
 
 def quote_command(*words: str) -> str:
@@ -130,8 +148,8 @@ def download_command(item: str, home: str | Path | None = None) -> str:
     group = ITEMS.get(item)
     if group is None:
         raise JaxchatError(f"unknown cache item {item!r}; expected one of {sorted(ITEMS)}")
-    if group == "fineweb":
-        return fineweb_command(_home(home) / FINEWEB_DIR)
+    if group in CORPUS_DIRS:
+        return fineweb_command(corpus_dir(group, home))
     return f"{DOWNLOAD_MODULE} --only {group}"
 
 
@@ -181,8 +199,8 @@ def require_task_file(name: str, config: str | None, split: str, home: str | Pat
 def missing_files(item: str, home: str | Path | None = None) -> list[Path]:
     """The files of cache item ``item`` (see ``ensure_available``) that are not on disk ([] when complete)."""
     root = _home(home)
-    if item == "fineweb":
-        directory = root / FINEWEB_DIR
+    if item in CORPUS_DIRS:
+        directory = root / CORPUS_DIRS[item]
         n = len(list(directory.glob("shard_*.parquet"))) if directory.is_dir() else 0
         return [] if n >= 2 else [directory / f"shard_{i:05d}.parquet" for i in range(n, 2)]
     if item == "identity":
@@ -232,15 +250,16 @@ def require_available(needs: Iterable[Need], home: str | Path | None = None) -> 
 def ensure_available(item: str, home: str | Path | None = None) -> Path:
     """Check that cache item ``item`` is complete on disk and return its path.
 
-    Items: ``fineweb`` (``base_data/``, at least 2 shards), ``identity``, ``words``, ``eval_bundle``,
+    Items: ``fineweb`` (``base_data/``, at least 2 shards), ``climbmix`` (``base_data_climbmix/``, the
+    same), ``identity``, ``words``, ``eval_bundle``,
     and the task datasets ``smoltalk``, ``mmlu``, ``gsm8k``, ``arc``, ``humaneval`` (every split the
     downloader keeps; returns ``tasks/<name>``). Raises JaxchatError naming what is missing and the
     exact download command.
     """
     root = _home(home)
     command = download_command(item, root)
-    if item == "fineweb":
-        directory = root / FINEWEB_DIR
+    if item in CORPUS_DIRS:
+        directory = root / CORPUS_DIRS[item]
         n = len(list(directory.glob("shard_*.parquet"))) if directory.is_dir() else 0
         if n < 2:
             raise JaxchatError(

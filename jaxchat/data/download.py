@@ -3,11 +3,18 @@
     python -m jaxchat.data.download                        # 8 FineWeb shards + task datasets + eval bundle
     python -m jaxchat.data.download --num_shards=240       # enough FineWeb-Edu for d20 (-1: all 1823)
     python -m jaxchat.data.download --only=fineweb --num_shards=8 --workers=8
+    python -m jaxchat.data.download --only=climbmix --num_shards=170  # ClimbMix: 170 train shards + its val shard
+    python -m jaxchat.data.download --corpus=climbmix      # ClimbMix shards (8 + val) + task datasets + eval bundle
     python -m jaxchat.data.download --only=tasks           # HF datasets, identity conversations, word list
     python -m jaxchat.data.download --only=eval            # the CORE eval bundle
     python -m jaxchat.data.download --from_text=DIR        # shards from your own .txt/.md/.jsonl corpus
 
-``--only`` is one group (fineweb | tasks | eval; "" = all three); ``--workers`` parallel shard
+``--only`` is one group (fineweb | tasks | eval; "" = all three; ``climbmix`` is the shards group with
+``--corpus=climbmix``); ``--corpus`` picks the pretraining corpus whose shards are fetched: ``fineweb``
+(FineWeb-Edu, the default) or ``climbmix`` (nanochat's current pretraining data, since March 2026).
+``--num_shards`` counts all FineWeb-Edu shards (its last one is the val shard) but the ClimbMix TRAIN
+shards: ClimbMix's val shard, the last one on the hub, always comes too (as nanochat downloads it).
+``--workers`` parallel shard
 downloads; ``--retries`` per file, with exponential back-off. ``--from_text=DIR`` downloads nothing:
 it writes shards of ``--chars_per_shard`` characters from your own files into ``--out``
 (default ``$JAXCHAT_HOME/base_data``). ``python train.py --stage=download`` runs this with the
@@ -16,6 +23,7 @@ number of shards its config needs.
 What goes where (see ``jaxchat.data.cache`` for the full layout):
 
     base_data/shard_{i:05d}.parquet          FINEWEB_URL.format(i=i), i = 0 … 1822
+    base_data_climbmix/shard_{i:05d}.parquet CLIMBMIX_URL.format(i=i), i = 0 … num_shards-1 and 6542 (val)
     tasks/<name>/<config>/<split>.parquet    ``datasets.load_dataset(repo, config, split=split).to_parquet``
     identity_conversations.jsonl             IDENTITY_URL
     words_alpha.txt                          WORDS_URL
@@ -56,6 +64,8 @@ from tqdm import tqdm
 from jaxchat import cli
 from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.data.cache import (
+    CORPORA,
+    CORPUS_DIRS,
     EVAL_BUNDLE_DIR,
     FINEWEB_DIR,
     HF_SOURCES,
@@ -72,6 +82,8 @@ from jaxchat.data.from_text import CHARS_PER_SHARD, ROW_GROUP_SIZE, existing_cor
 from jaxchat.data.http import PROBE_TIMEOUT_S, DownloadError, Progress, fetch, probe
 
 __all__ = [
+    "CLIMBMIX_MAX_SHARD",
+    "CLIMBMIX_URL",
     "EVAL_BUNDLE_URL",
     "FINEWEB_URL",
     "IDENTITY_URL",
@@ -79,6 +91,7 @@ __all__ = [
     "WORDS_URL",
     "DownloadConfig",
     "DownloadReport",
+    "download_climbmix",
     "download_eval_bundle",
     "download_file",
     "download_fineweb",
@@ -91,6 +104,9 @@ __all__ = [
 
 FINEWEB_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/shard_{i:05d}.parquet"
 MAX_SHARD = 1822  # the last shard index on the hub (1823 shards)
+# ClimbMix-400B, reshuffled into parquet shards of one `text` column (nanochat/dataset.py at 92d63d4).
+CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main/shard_{i:05d}.parquet"
+CLIMBMIX_MAX_SHARD = 6542  # the last shard index on the hub (6543 shards); it is the val shard
 IDENTITY_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
 WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
@@ -98,6 +114,7 @@ DEFAULT_SHARDS = 8  # enough to train the tokenizer (2B chars); d20 pretraining 
 DEFAULT_WORKERS = 4
 DEFAULT_RETRIES = 5
 GROUPS = ("fineweb", "tasks", "eval")
+SHARD_GROUPS = ("fineweb", "climbmix")  # --only values that mean "the pretraining shards" (of that corpus)
 PROG = "python -m jaxchat.data.download"
 HF_ENDPOINT = "https://huggingface.co"  # where ``datasets`` fetches from (the HF_ENDPOINT variable overrides it)
 OFFLINE_ROUTE = ("Without network, run the CPU demo offline (`bash runs/cpu_demo.sh --offline`: it pretrains on "
@@ -109,8 +126,9 @@ OFFLINE_ROUTE = ("Without network, run the CPU demo offline (`bash runs/cpu_demo
 class DownloadConfig:
     """What ``python -m jaxchat.data.download`` fetches (or, with ``from_text``, writes from local files)."""
 
-    num_shards: int = DEFAULT_SHARDS  # FineWeb-Edu shards 0 … num_shards-1; -1 = all 1823
-    only: str = ""  # one group: fineweb | tasks | eval; "" = all three
+    num_shards: int = DEFAULT_SHARDS  # FineWeb-Edu shards 0 … num_shards-1 (-1 = all 1823); ClimbMix: train shards, + val
+    only: str = ""  # one group: fineweb | tasks | eval (climbmix: the ClimbMix shards); "" = all three
+    corpus: str = "fineweb"  # the pretraining shards to fetch: fineweb (base_data/) | climbmix (base_data_climbmix/)
     workers: int = DEFAULT_WORKERS  # parallel shard downloads
     retries: int = DEFAULT_RETRIES  # retries per file (exponential back-off)
     from_text: str = ""  # DIR (or file): make shards from your own .txt/.md/.jsonl files instead of downloading
@@ -204,8 +222,35 @@ def download_file(
     return report
 
 
-def download_fineweb(
-    num_shards: int = DEFAULT_SHARDS,
+def shard_indices(corpus: str, num_shards: int) -> list[int]:
+    """The shard indices ``--corpus=corpus --num_shards=num_shards`` fetches, in name order.
+
+    FineWeb-Edu: ``0 … num_shards-1`` (-1: all 1823; the last is the val shard). ClimbMix: the train
+    shards ``0 … num_shards-1`` (-1: all 6542) and the val shard 6542, which is always fetched, as
+    ``python -m nanochat.dataset -n N`` does. JaxchatError for a count out of range.
+    """
+    if corpus == "climbmix":
+        if not (num_shards == -1 or 0 < num_shards <= CLIMBMIX_MAX_SHARD):
+            raise JaxchatError(f"--num_shards={num_shards}: expected 1 … {CLIMBMIX_MAX_SHARD} ClimbMix train shards "
+                               f"(the val shard shard_{CLIMBMIX_MAX_SHARD:05d} always comes too), or -1 for all of them")
+        n = CLIMBMIX_MAX_SHARD if num_shards == -1 else num_shards
+        return [*range(n), CLIMBMIX_MAX_SHARD]
+    if corpus != "fineweb":
+        raise JaxchatError(f"--corpus={corpus!r}: expected one of {', '.join(CORPORA)}")
+    total = MAX_SHARD + 1
+    n = total if num_shards == -1 else num_shards
+    if not 0 < n <= total:
+        raise JaxchatError(f"--num_shards={num_shards}: expected 1 … {total} shards, or -1 for all of them")
+    return list(range(n))
+
+
+def _corpus_url(corpus: str) -> str:
+    return CLIMBMIX_URL if corpus == "climbmix" else FINEWEB_URL  # read at call time: tests point them elsewhere
+
+
+def download_shards(
+    corpus: str,
+    indices: Sequence[int],
     home: str | Path | None = None,
     *,
     url: str | None = None,
@@ -215,39 +260,53 @@ def download_fineweb(
     timeout: float = 30.0,
     progress: bool = True,
 ) -> DownloadReport:
-    """Download FineWeb-Edu shards ``0 … num_shards-1`` (-1: all) into ``<home>/base_data`` with a thread pool.
+    """Download shards ``indices`` of ``corpus`` into its directory of ``home`` with a thread pool.
 
-    ``url`` is a format string with ``{i}`` (default ``FINEWEB_URL``).
+    ``url`` is a format string with ``{i}`` (default ``FINEWEB_URL`` / ``CLIMBMIX_URL``).
     """
-    url = url or FINEWEB_URL
-    total = MAX_SHARD + 1
-    n = total if num_shards == -1 else num_shards
-    if not 0 < n <= total:
-        raise JaxchatError(f"--num_shards={num_shards}: expected 1 … {total} shards, or -1 for all of them")
+    url = url or _corpus_url(corpus)
     if workers < 1:
         raise JaxchatError(f"--workers={workers}: expected at least 1")
-    directory = (Path(home) if home is not None else jaxchat_home()) / FINEWEB_DIR
+    subdir = CORPUS_DIRS[corpus]
+    directory = (Path(home) if home is not None else jaxchat_home()) / subdir
     directory.mkdir(parents=True, exist_ok=True)
     breaker = _Breaker()
     report = DownloadReport()
-    with _bar("fineweb", progress) as bar:
+    n = len(indices)
+    with _bar(corpus, progress) as bar:
         shared = Progress(bar, expected_files=n)
 
         def one(i: int) -> DownloadReport:
             dest = directory / f"shard_{i:05d}.parquet"
             return download_file(
-                url.format(i=i), dest, f"{FINEWEB_DIR}/{dest.name}", progress=shared,
+                url.format(i=i), dest, f"{subdir}/{dest.name}", progress=shared,
                 retries=retries, backoff=backoff, timeout=timeout, breaker=breaker,
             )
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for k, future in enumerate(as_completed([pool.submit(one, i) for i in range(n)]), 1):
+            for k, future in enumerate(as_completed([pool.submit(one, i) for i in indices]), 1):
                 report.merge(future.result())
                 bar.set_postfix_str(f"{k}/{n} shards", refresh=True)
     report.fetched.sort()
     report.present.sort()
     report.missing.sort()
     return report
+
+
+def download_fineweb(num_shards: int = DEFAULT_SHARDS, home: str | Path | None = None, **options: Any
+                     ) -> DownloadReport:
+    """Download FineWeb-Edu shards ``0 … num_shards-1`` (-1: all) into ``<home>/base_data``.
+    ``options``: :func:`download_shards`' (``url``, ``workers``, ``retries``, ``backoff``, ``timeout``,
+    ``progress``)."""
+    return download_shards("fineweb", shard_indices("fineweb", num_shards), home, **options)
+
+
+def download_climbmix(num_shards: int = DEFAULT_SHARDS, home: str | Path | None = None, **options: Any
+                      ) -> DownloadReport:
+    """Download ClimbMix train shards ``0 … num_shards-1`` (-1: all 6542) and the val shard 6542 into
+    ``<home>/base_data_climbmix`` (nanochat 92d63d4's ``nanochat/dataset.py``). ``options``: as
+    :func:`download_fineweb`'s."""
+    return download_shards("climbmix", shard_indices("climbmix", num_shards), home, **options)
 
 
 LoadFn = Callable[..., Any]
@@ -435,9 +494,11 @@ def urls_needed(config: DownloadConfig, home: str | Path, *, skip_fineweb: bool 
     """The URLs that ``run(config)`` would still fetch into ``home`` (what is complete is skipped)."""
     home = Path(home)
     urls: list[str] = []
-    if config.only in ("", "fineweb") and not skip_fineweb:
-        n = MAX_SHARD + 1 if config.num_shards == -1 else config.num_shards
-        urls += [FINEWEB_URL.format(i=i) for i in range(n) if not (home / FINEWEB_DIR / f"shard_{i:05d}.parquet").exists()]
+    corpus = effective_corpus(config)
+    if (config.only == "" or config.only in SHARD_GROUPS) and not skip_fineweb:
+        directory, url = home / CORPUS_DIRS[corpus], _corpus_url(corpus)
+        urls += [url.format(i=i) for i in shard_indices(corpus, config.num_shards)
+                 if not (directory / f"shard_{i:05d}.parquet").exists()]
     if config.only in ("", "tasks"):
         if any(not task_file(s.name, s.config, split, home).exists() for s in HF_SOURCES for split in s.splits):
             urls.append(os.environ.get("HF_ENDPOINT") or HF_ENDPOINT)
@@ -459,13 +520,22 @@ def check_network(config: DownloadConfig, home: str | Path, *, skip_fineweb: boo
     return f"the network is unreachable ({reason}); nothing was downloaded. {OFFLINE_ROUTE}"
 
 
+def effective_corpus(config: DownloadConfig) -> str:
+    """The corpus whose shards ``config`` fetches: ``--only=climbmix`` means ``--corpus=climbmix``."""
+    return "climbmix" if config.only == "climbmix" else config.corpus
+
+
 def validate(config: DownloadConfig) -> DownloadConfig:
     """``config`` if every value is usable; a one-line JaxchatError naming the key otherwise."""
-    total = MAX_SHARD + 1
-    if not (config.num_shards == -1 or 0 < config.num_shards <= total):
-        raise JaxchatError(f"--num_shards={config.num_shards}: expected 1 … {total} shards, or -1 for all of them")
-    if config.only not in ("", *GROUPS):
-        raise JaxchatError(f"--only={config.only!r}: expected one of {', '.join(GROUPS)} (or nothing for all three)")
+    if config.corpus not in CORPORA:
+        raise JaxchatError(f"--corpus={config.corpus!r}: expected one of {', '.join(CORPORA)}")
+    if config.only not in ("", *GROUPS, "climbmix"):
+        raise JaxchatError(f"--only={config.only!r}: expected one of {', '.join(GROUPS)}, climbmix "
+                           "(or nothing for all three)")
+    if config.only in SHARD_GROUPS and config.corpus != "fineweb" and config.only != config.corpus:
+        raise JaxchatError(f"--only={config.only} with --corpus={config.corpus}: the shards group is "
+                           f"--only={config.corpus} (or --only=fineweb with the default corpus)")
+    shard_indices(effective_corpus(config), config.num_shards)  # the count, for that corpus
     if config.workers < 1:
         raise JaxchatError(f"--workers={config.workers}: expected at least 1")
     if config.retries < 0:
@@ -504,18 +574,22 @@ def run(config: DownloadConfig, home: str | Path | None = None) -> DownloadRepor
         return DownloadReport(fetched=[str(p) for p in paths], nbytes=nbytes)
     report = DownloadReport()
     kw = {"retries": config.retries}
-    marker = read_corpus_marker(home / FINEWEB_DIR) if list((home / FINEWEB_DIR).glob("shard_*.parquet")) else None
-    skip_fineweb = marker is not None and config.only in ("", "fineweb")
+    corpus = effective_corpus(config)
+    shard_dir = home / CORPUS_DIRS[corpus]
+    marker = read_corpus_marker(shard_dir) if list(shard_dir.glob("shard_*.parquet")) else None
+    want_shards = config.only == "" or config.only in SHARD_GROUPS
+    skip_fineweb = marker is not None and want_shards
     unreachable = check_network(config, home, skip_fineweb=skip_fineweb)
     if unreachable:
         raise JaxchatError(unreachable)
+    name = "FineWeb-Edu" if corpus == "fineweb" else "ClimbMix"
     if skip_fineweb:
-        print(f"fineweb: skipped: {home / FINEWEB_DIR} holds the shards made from {marker.get('source', '?')} "
-              f"(by `{marker['command']}`); to pretrain on FineWeb-Edu, move them away and run this again")
-    elif config.only in ("", "fineweb"):
-        r = download_fineweb(config.num_shards, home, workers=config.workers, **kw)
+        print(f"{corpus}: skipped: {shard_dir} holds the shards made from {marker.get('source', '?')} "
+              f"(by `{marker['command']}`); to pretrain on {name}, move them away and run this again")
+    elif want_shards:
+        r = download_shards(corpus, shard_indices(corpus, config.num_shards), home, workers=config.workers, **kw)
         have = len(r.fetched) + len(r.present)
-        print(f"fineweb: {have} of {have + len(r.missing)} shards in {home / FINEWEB_DIR} "
+        print(f"{corpus}: {have} of {have + len(r.missing)} shards in {shard_dir} "
               f"({_human(r.nbytes)}; {len(r.fetched)} downloaded, {len(r.present)} already there)")
         report.merge(r)
     if config.only in ("", "tasks"):

@@ -20,14 +20,16 @@ State (``iter(ds).get_state()``, JSON-able) is the stream position of the next u
 It does not depend on ``rows``/``seq_len``, and ``set_state`` resumes at exactly that token, also in
 the middle of a shard, a row group or a document: the batches that follow are identical to those of an
 uninterrupted run.
+
+That is ``packing="stream"``, the default. ``packing="bestfit"`` is nanochat's current loader instead
+(every row starts with ``<|bos|>``, documents placed by best fit, cropped to fill a row): see
+``jaxchat.data.bestfit``.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +39,13 @@ import grain
 import numpy as np
 
 from jaxchat.common import JaxchatError
-from jaxchat.data.shards import open_shard, read_row_group_texts
+from jaxchat.data.bestfit import BestFitDataset, bestfit_val_batches
+from jaxchat.data.documents import DocumentEncoder, ShardReader, check_pipeline
 
 # Documents tokenised per encode call: big enough to amortise the call, small enough that the first
 # batch after a (re)start does not wait for a whole row group (~1024 FineWeb documents, ~1M tokens).
 DOCS_PER_CHUNK = 256
+PACKINGS = ("stream", "bestfit")  # stream: consecutive windows of the token stream; bestfit: jaxchat.data.bestfit
 
 
 @dataclass
@@ -61,89 +65,13 @@ class _Chunk:
         return len(self.tokens) - self.offset
 
 
-class _ShardReader:
-    """Open shards lazily, keep the current row group's texts (one parquet read per row group)."""
-
-    def __init__(self, paths: Sequence[Path]):
-        self.paths = list(paths)
-        self._files: dict[int, Any] = {}
-        self._texts_key: tuple[int, int] | None = None
-        self._texts: list[str | None] = []
-
-    def num_row_groups(self, shard: int) -> int:
-        return self._file(shard).num_row_groups
-
-    def texts(self, shard: int, row_group: int) -> list[str | None]:
-        if self._texts_key != (shard, row_group):
-            self._texts = read_row_group_texts(self._file(shard), self.paths[shard], row_group)
-            self._texts_key = (shard, row_group)
-        return self._texts
-
-    def _file(self, shard: int):
-        pf = self._files.get(shard)
-        if pf is None:
-            if len(self._files) > 4:  # the stream moves forward: drop handles of older shards
-                self._files.clear()
-            pf = self._files[shard] = open_shard(self.paths[shard])
-        return pf
-
-
-def default_tokenizer_threads() -> int:
-    """Threads that tokenise documents: up to 4, no more than the machine's cores."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-class DocumentEncoder:
-    """Texts → (``<|bos|>`` + tokens of each text, concatenated as int32; per-text lengths).
-
-    With several threads the slice is split into contiguous parts, one per thread of a PERSISTENT
-    pool (tiktoken releases the GIL while encoding). tiktoken's ``encode_ordinary_batch`` is not used:
-    it starts a new thread pool on every call and submits one future per document, which measured
-    about 2× the CPU time per token here (``benchmarks/dataloader.py``). A null text gives length 0
-    (no ``<|bos|>`` either): it is skipped, but keeps its slot so document indices stay those of the
-    row group.
-    """
-
-    def __init__(self, tokenizer, threads: int | None):
-        self._tokenizer = tokenizer
-        self._bos = tokenizer.bos_token_id
-        self._threads = default_tokenizer_threads() if threads is None else threads
-        self._pool: ThreadPoolExecutor | None = None
-
-    def _encode_part(self, texts: Sequence[str | None]) -> list[list[int]]:
-        encode = self._tokenizer.encode
-        return [[] if t is None else encode(t) for t in texts]
-
-    def __call__(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        n = len(texts)
-        if self._threads > 1 and n > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="jaxchat-tokenize")
-            k = -(-n // self._threads)
-            ids = [x for part in self._pool.map(self._encode_part, [texts[i:i + k] for i in range(0, n, k)])
-                   for x in part]
-        else:
-            ids = self._encode_part(texts)
-        body = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32)
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n)
-        present = np.fromiter((t is not None for t in texts), dtype=bool, count=n)
-        # <|bos|> goes in front of each present document: np.insert does all of them in one pass.
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[present]
-        return np.insert(body, starts, self._bos), lengths + present
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
-
-
 class PretrainIterator(grain.DatasetIterator):
     """Iterator of :class:`PretrainDataset` (see the module docstring for order and state)."""
 
     def __init__(self, paths: Sequence[Path], tokenizer, rows: int, seq_len: int, loop: bool,
                  threads: int | None):
         super().__init__()
-        self._reader = _ShardReader(paths)
+        self._reader = ShardReader(paths)
         self._rows, self._window = rows, seq_len + 1
         self._loop = loop
         self._encoder = DocumentEncoder(tokenizer, threads)
@@ -170,6 +98,9 @@ class PretrainIterator(grain.DatasetIterator):
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Resume at the position ``state`` (from :meth:`get_state`) describes."""
+        if isinstance(state, dict) and state.get("packing", "stream") != "stream":
+            raise JaxchatError(f"pretraining data state has packing={state['packing']!r}, but this pipeline packs "
+                               "packing='stream'; resume with the packing the checkpoint was trained with")
         try:
             epoch, shard, row_group, doc, token = (int(state[k]) for k in ("epoch", "shard", "row_group", "doc",
                                                                           "token"))
@@ -281,16 +212,7 @@ class PretrainDataset(grain.IterDataset):
     def __init__(self, paths: Sequence[Path], tokenizer, rows: int, seq_len: int, *, loop: bool,
                  tokenizer_threads: int | None = None):
         super().__init__()
-        self._paths = [Path(p) for p in paths]
-        if not self._paths:
-            raise JaxchatError("pretraining pipeline got no shard paths; expected at least one shard_*.parquet")
-        for field, value in (("rows", rows), ("seq_len", seq_len)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise JaxchatError(f"pretraining pipeline: {field}={value!r}, expected a positive integer")
-        if tokenizer_threads is not None and tokenizer_threads < 1:
-            raise JaxchatError(f"tokenizer_threads={tokenizer_threads}, expected a positive integer or None")
-        for path in self._paths:
-            open_shard(path)  # fail now, with the shard's name, not in the middle of training
+        self._paths = check_pipeline(paths, tokenizer_threads, rows=rows, seq_len=seq_len)
         self._tokenizer = tokenizer
         self._rows, self._seq_len, self._loop = int(rows), int(seq_len), loop
         self._threads = tokenizer_threads
@@ -304,28 +226,42 @@ class PretrainDataset(grain.IterDataset):
                 f"loop={self._loop})")
 
 
+def _check_packing(packing: str) -> None:
+    if packing not in PACKINGS:
+        raise JaxchatError(f"pretraining pipeline: packing={packing!r}, expected one of {', '.join(PACKINGS)}")
+
+
 def pretrain_dataset(paths: Sequence[Path], tokenizer, rows: int, seq_len: int, *,
-                     tokenizer_threads: int | None = None) -> PretrainDataset:
+                     tokenizer_threads: int | None = None, packing: str = "stream") -> grain.IterDataset:
     """Infinite dataset of ``{"inputs", "targets"}`` int32 ``(rows, seq_len)`` batches from ``paths``.
 
     ``paths`` are the train shards (``split_shards(list_shards())[0]``), read in the given order and
     looped over forever; see the module docstring for the exact order, windows and state.
-    ``tokenizer_threads``: threads that tokenise (default :func:`default_tokenizer_threads`).
+    ``tokenizer_threads``: threads that tokenise (default ``jaxchat.data.documents.default_tokenizer_threads``).
+    ``packing``: ``"stream"`` (a :class:`PretrainDataset`) or ``"bestfit"`` (nanochat's BOS-aligned
+    best-fit rows, a ``jaxchat.data.bestfit.BestFitDataset``).
     ``iter(ds)`` gives a grain ``DatasetIterator``: ``get_state()`` / ``set_state()`` resume exactly.
     """
+    _check_packing(packing)
+    if packing == "bestfit":
+        return BestFitDataset(paths, tokenizer, rows, seq_len, loop=True, tokenizer_threads=tokenizer_threads)
     return PretrainDataset(paths, tokenizer, rows, seq_len, loop=True, tokenizer_threads=tokenizer_threads)
 
 
 def val_batches(paths: Sequence[Path], tokenizer, rows: int, seq_len: int, num_batches: int,
-                *, tokenizer_threads: int | None = None) -> list[dict[str, np.ndarray]]:
+                *, tokenizer_threads: int | None = None, packing: str = "stream") -> list[dict[str, np.ndarray]]:
     """The first ``num_batches`` batches of the val shard(s) ``paths`` (same layout, no looping).
 
     Always the same batches, so val bpb is comparable across evaluations; the list can be kept and
     reused (``num_batches × rows × seq_len × 8`` bytes). Raises JaxchatError when the shards hold
-    fewer tokens than that.
+    fewer tokens than that. ``packing="bestfit"``: nanochat's val batches (best-fit rows); JaxchatError
+    when they would repeat a document.
     """
     if not isinstance(num_batches, (int, np.integer)) or num_batches < 1:
         raise JaxchatError(f"val_batches: num_batches={num_batches!r}, expected a positive integer")
+    _check_packing(packing)
+    if packing == "bestfit":
+        return bestfit_val_batches(paths, tokenizer, rows, seq_len, num_batches, tokenizer_threads=tokenizer_threads)
     ds = PretrainDataset(paths, tokenizer, rows, seq_len, loop=False, tokenizer_threads=tokenizer_threads)
     it = iter(ds)
     batches = list(itertools.islice(it, num_batches))

@@ -1,7 +1,9 @@
-"""FineWeb-Edu shards on disk: find them, split train/val, stream their documents in order.
+"""Pretraining shards on disk: find them, split train/val, stream their documents in order.
 
-Shards are ``$JAXCHAT_HOME/base_data/shard_XXXXX.parquet`` with one string column ``text``; the
-LAST shard (in name order) is the validation shard (docs/DESIGN.md §0).
+Shards are ``$JAXCHAT_HOME/base_data/shard_XXXXX.parquet`` (FineWeb-Edu, the default corpus) or
+``$JAXCHAT_HOME/base_data_climbmix/shard_XXXXX.parquet`` (ClimbMix, ``corpus="climbmix"``), with one
+string column ``text``; the LAST shard (in name order) is the validation shard (docs/DESIGN.md §0;
+ClimbMix's val shard, shard_06542, is downloaded with any number of train shards).
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jaxchat.common import JaxchatError, jaxchat_home
-from jaxchat.data.cache import fineweb_command
+from jaxchat.data.cache import corpus_dir, fineweb_command
 
 
-def default_data_dir() -> Path:
-    """``$JAXCHAT_HOME/base_data``."""
-    return jaxchat_home() / "base_data"
+def default_data_dir(corpus: str = "fineweb") -> Path:
+    """``$JAXCHAT_HOME/base_data`` (``corpus="climbmix"``: ``$JAXCHAT_HOME/base_data_climbmix``)."""
+    return corpus_dir(corpus, jaxchat_home())
 
 
-def list_shards(data_dir: str | Path | None = None) -> list[Path]:
-    """All ``shard_*.parquet`` files in ``data_dir`` (default ``$JAXCHAT_HOME/base_data``), sorted by name."""
-    directory = Path(data_dir) if data_dir is not None else default_data_dir()
+def list_shards(data_dir: str | Path | None = None, *, corpus: str = "fineweb") -> list[Path]:
+    """All ``shard_*.parquet`` files in ``data_dir`` (default: the directory of ``corpus``,
+    ``$JAXCHAT_HOME/base_data`` for FineWeb-Edu), sorted by name."""
+    directory = Path(data_dir) if data_dir is not None else default_data_dir(corpus)
     paths = sorted(directory.glob("shard_*.parquet")) if directory.is_dir() else []
     if not paths:
         raise JaxchatError(f"no shard_*.parquet files in {directory}; download some with `{fineweb_command(directory)}`")

@@ -47,7 +47,7 @@ def horizon(cfg: RunConfig, model_config: GPTConfig) -> tuple[int, str]:
 def train_base(cfg: RunConfig) -> dict[str, Any]:
     """Run (or resume) base pretraining; returns the final metrics."""
     tokenizer = load_tokenizer()
-    train_paths, val_paths = split_shards(list_shards())
+    train_paths, val_paths = split_shards(list_shards(corpus=cfg.data.corpus))
     model_config = GPTConfig.from_depth(cfg.model.depth, vocab_size=tokenizer.get_vocab_size(),
                                         sequence_len=cfg.model.sequence_len)
     section, seq = cfg.base, cfg.model.sequence_len
@@ -60,9 +60,9 @@ def train_base(cfg: RunConfig) -> dict[str, Any]:
     stage.init_fresh()
     rows = stage.fit_to_device()
     accum = section.total_batch_size // (rows * seq)
-    data = pretrain_dataset(train_paths, tokenizer, rows=rows * accum, seq_len=seq)
+    data = pretrain_dataset(train_paths, tokenizer, rows=rows * accum, seq_len=seq, packing=section.packing)
     val = list(val_batches(val_paths, tokenizer, rows=rows, seq_len=seq,
-                           num_batches=max(1, section.eval_tokens // (rows * seq))))
+                           num_batches=max(1, section.eval_tokens // (rows * seq)), packing=section.packing))
 
     stage.add_eval(section.eval_every, lambda state: {"val_bpb": stage.bpb(state, val)})
     if section.core_every != 0:
@@ -74,7 +74,8 @@ def train_base(cfg: RunConfig) -> dict[str, Any]:
         ("horizon", f"{num_steps:,} steps ({horizon_source})"),
         ("tokens", f"{tokens:,} ({tokens / num_params(model_config):.1f} per parameter)"),
         ("batch", f"{section.total_batch_size:,} tokens = {rows} rows × {seq} × {accum} micro-batches"),
-        ("data", f"{len(train_paths)} train shard(s), val = {val_paths[0].name}"),
+        ("data", f"{len(train_paths)} {cfg.data.corpus} train shard(s), val = {val_paths[0].name}; "
+                 f"{section.packing} packing"),
         ("corpus", describe_shards(train_paths)),
     ]
     return stage.run(data, num_steps=num_steps, lr_multiplier=lambda step, _: float(schedule(step)),
