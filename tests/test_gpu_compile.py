@@ -113,27 +113,20 @@ def test_remat_shows_in_the_gpu_compiled_memory():
     assert with_remat.temporaries < 0.7 * without.temporaries  # the rest: the 512 MB loss chunk, gradients
 
 
-def test_plan_for_a_named_card_compiles_every_program_for_it(capsys):
-    from jaxchat import plan
-
-    assert plan.main(["--config", str(ROOT / "configs" / "tiny.toml"), "--target=rtx4070-12gb",
-                      "--model.dtype=auto", "--sft.device_batch_size=auto"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("plan for rtx4070-12gb (NVIDIA GeForce RTX 4070), compiled without a GPU")
-    for word in ("attention cudnn", "usable (95% of 11.4 GiB", "| base | 4 × 64 × 2 | off |",
-                 "| sft | 4 × 64 × 1 (auto) | off |", "| prefill |", "| decode |", "| eval forward |",
-                 "of 58 TFLOP/s"):
-        assert word in out, word
-
-
-def test_plan_runs_as_a_user_runs_it_without_jax_platforms_set():
-    """The command itself makes the CUDA plugin a compiler only (a machine without a GPU)."""
+def test_plan_for_a_named_card_as_a_user_runs_it():
+    """Every program compiled for the card; the command itself makes the CUDA plugin a compiler only
+    (JAX_PLATFORMS unset, as on a machine without a GPU)."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     result = subprocess.run([sys.executable, "-m", "jaxchat.plan", "--config", "configs/tiny.toml",
-                             "--target=rtx4070-12gb", "--stages=base", "--inference=false"],
+                             "--target=rtx4070-12gb", "--model.dtype=auto", "--sft.device_batch_size=auto"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| base | 4 × 64 × 2 | off |" in result.stdout
+    out = result.stdout
+    assert out.startswith("plan for rtx4070-12gb (NVIDIA GeForce RTX 4070), compiled without a GPU")
+    for word in ("attention cudnn", "usable (95% of 11.4 GiB", "| base | 4 × 64 × 2 | off |",
+                 "| sft | 4 × 64 × 1 (auto) | off |", "| prefill |", "| decode |", "| eval forward |",
+                 "of 58 TFLOP/s"):
+        assert word in out, word
