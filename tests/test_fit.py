@@ -14,8 +14,7 @@ from jaxchat.checkpoint import find_checkpoint, read_meta
 from jaxchat.common import JaxchatError
 from jaxchat.config import load_toml, override, validate
 from jaxchat.model import GPTConfig
-from tests.fixtures.fineweb import write_fineweb_shards
-from tests.fixtures.tasks import write_task_cache
+from tests.test_train_e2e import home  # noqa: F401 - the fixture: a miniature $JAXCHAT_HOME
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
@@ -124,15 +123,6 @@ def test_the_real_cpu_compile_follows_the_injected_limit():
 
 
 # ---- "auto" in a training run ------------------------------------------------------------------
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    write_fineweb_shards(tmp_path / "base_data", n_shards=3)
-    write_task_cache(tmp_path)
-    monkeypatch.setenv("JAXCHAT_HOME", str(tmp_path))
-    monkeypatch.chdir(ROOT)
-    return tmp_path
 
 
 def test_base_with_auto_batch_trains_with_the_chosen_batch(home, monkeypatch, capsys):
