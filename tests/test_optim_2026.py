@@ -3,13 +3,11 @@
 The fixture ``tests/fixtures/nanochat_92d63d4/optim.npz`` was written by tools/parity_optim_nanochat.py
 (needs torch): nanochat's own ``MuonAdamW`` on its tiny GPT (2 layers, n_embd 64, vocab 128), 5 steps
 with a changing LR multiplier, Muon momentum and weight decay. Its inputs are not stored: they come
-from ``portable_uniform`` below (a copy of the tool's; the fixture's checksums pin them). This file
+from ``tests/fixtures/optim_inputs.py``, shared with the tool (the fixture's checksums pin them). This file
 replays the run through ``make_optimizer_2026`` as the train step uses it and needs no torch.
 """
 
 import json
-import math
-import zlib
 from pathlib import Path
 
 import jax
@@ -22,57 +20,10 @@ from jaxchat.optim import (OptimConfig2026, adamw_nanochat, base_lr_multiplier_2
                            hyperparams_2026, make_optimizer_2026, muon_momentum_2026, normuon, param_group_2026,
                            param_labels_2026, polar_express, set_muon_hyperparams, weight_decay_cosine)
 from jaxchat.optim.muon2026 import _orthogonalise_kernels, orthogonalise, second_moment_shape
+from tests.fixtures.optim_inputs import checksums, gradients, initial_params
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nanochat_92d63d4" / "optim.npz"
 TOLERANCE = 1e-5  # relative Frobenius difference of the params
-
-
-# ----------------------------------------------------------------------------------------------------
-# Inputs: a copy of tools/parity_optim_nanochat.py's generator (checked against the fixture's checksums)
-
-def portable_uniform(tag, shape, seed):
-    n = math.prod(shape)
-    key = np.uint64((zlib.crc32(f"{seed}:{tag}".encode()) * 0x9E3779B97F4A7C15) % 2 ** 64)
-    z = np.arange(n, dtype=np.uint64) + key
-    z = z * np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    k = (z >> np.uint64(40)).astype(np.int64)
-    return ((k - (1 << 23)).astype(np.float64) / (1 << 23)).astype(np.float32).reshape(shape)
-
-
-def init_scale(name):
-    if name == "resid_lambdas":
-        return 1.0, 0.1
-    if name == "backout_lambda":
-        return 0.2, 0.05
-    if name in ("x0_lambdas", "smear_lambda"):
-        return 0.1, 0.1
-    if "wte" in name or "lm_head" in name:
-        return 0.0, 0.5
-    return 0.0, 0.1
-
-
-def initial_params(shapes, seed):
-    out = {}
-    for name, shape in shapes.items():
-        offset, width = init_scale(name)
-        values = offset + width * portable_uniform("init:" + name, shape, seed).astype(np.float64)
-        out[name] = values.astype(np.float32)
-    return out
-
-
-def gradients(shapes, step, seed):
-    out = {}
-    for j, (name, shape) in enumerate(shapes.items()):
-        scale = 10.0 ** (-1 - ((j + step) % 3))
-        out[name] = (scale * portable_uniform(f"grad:{step}:{name}", shape, seed).astype(np.float64)).astype(np.float32)
-    return out
-
-
-def checksums(arrays):
-    return np.array([[np.sum(a, dtype=np.float64), np.sum(np.square(a, dtype=np.float64))] for a in arrays.values()])
 
 
 def flax_path(name):

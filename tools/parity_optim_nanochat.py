@@ -49,10 +49,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its test fixtures
+from tests.fixtures import optim_inputs as inputs  # noqa: E402
 
 COMMIT = "92d63d4"
 DEFAULT_MIRROR = "/work/.mirror/karpathy+nanochat/repo"
@@ -76,21 +78,7 @@ INIT_LR_FRAC = 0.8  # chat_sft's multiplier of every group's LR, smear included
 
 
 # ----------------------------------------------------------------------------------------------------
-# Deterministic inputs (copied in tests/test_optim_2026.py)
-
-def portable_uniform(tag: str, shape: tuple[int, ...], seed: int = SEED) -> np.ndarray:
-    """float32 values in [−1, 1) on a 2⁻²³ grid from splitmix64 of (seed, tag, index): bit-identical on
-    every platform (integer arithmetic, then an exact conversion)."""
-    n = math.prod(shape)
-    key = np.uint64((zlib.crc32(f"{seed}:{tag}".encode()) * 0x9E3779B97F4A7C15) % 2 ** 64)
-    z = np.arange(n, dtype=np.uint64) + key
-    z = z * np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    k = (z >> np.uint64(40)).astype(np.int64)  # 24 random bits
-    return ((k - (1 << 23)).astype(np.float64) / (1 << 23)).astype(np.float32).reshape(shape)
-
+# Deterministic inputs (tests/fixtures/optim_inputs.py, shared with tests/test_optim_2026.py)
 
 def torch_shapes() -> dict[str, tuple[int, ...]]:
     """nanochat 92d63d4's parameter names and torch shapes for the tiny model."""
@@ -111,38 +99,12 @@ def torch_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def init_scale(name: str) -> tuple[float, float]:
-    """(offset, half-width) of a param's initial values, roughly nanochat's init scales."""
-    if name == "resid_lambdas":
-        return 1.0, 0.1
-    if name == "backout_lambda":
-        return 0.2, 0.05
-    if name in ("x0_lambdas", "smear_lambda"):
-        return 0.1, 0.1
-    if "wte" in name or "lm_head" in name:
-        return 0.0, 0.5
-    return 0.0, 0.1
-
-
 def initial_params() -> dict[str, np.ndarray]:
-    out = {}
-    for name, shape in torch_shapes().items():
-        offset, width = init_scale(name)
-        out[name] = (offset + width * portable_uniform("init:" + name, shape).astype(np.float64)).astype(np.float32)
-    return out
+    return inputs.initial_params(torch_shapes(), SEED)
 
 
 def gradients(step: int) -> dict[str, np.ndarray]:
-    """Step ``step``'s gradients; their scale changes from tensor to tensor and step to step."""
-    out = {}
-    for j, (name, shape) in enumerate(torch_shapes().items()):
-        scale = 10.0 ** (-1 - ((j + step) % 3))  # 0.1, 0.01, 0.001
-        out[name] = (scale * portable_uniform(f"grad:{step}:{name}", shape).astype(np.float64)).astype(np.float32)
-    return out
-
-
-def checksums(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    return np.array([[np.sum(a, dtype=np.float64), np.sum(np.square(a, dtype=np.float64))] for a in arrays.values()])
+    return inputs.gradients(torch_shapes(), step, SEED)
 
 
 def sample_indices(n: int) -> np.ndarray:
@@ -423,8 +385,8 @@ def main() -> int:
             "names": np.array(names),
             "lrm": np.array(schedule["lrm"]), "momentum": np.array(schedule["momentum"]),
             "weight_decay": np.array(schedule["weight_decay"]),
-            "checksum_init": checksums(init),
-            "checksum_grads": np.stack([checksums(gradients(s)) for s in range(STEPS)]),
+            "checksum_init": inputs.checksums(init),
+            "checksum_grads": np.stack([inputs.checksums(gradients(s)) for s in range(STEPS)]),
         }
         for k, v in tables_ref.items():
             data[f"table_{k}"] = v
