@@ -30,7 +30,7 @@ if __name__ == "__main__":  # `import jaxchat` loads JAX (~2 s): a Ctrl-C then m
 
 from jaxchat import cli, stages  # noqa: E402
 from jaxchat.common import JaxchatError, jaxchat_home  # noqa: E402
-from jaxchat.config import RunConfig, explicit_keys, load_toml, override, parse_overrides, validate  # noqa: E402
+from jaxchat.config import RunConfig, build, explicit_keys, parse_overrides, validate  # noqa: E402
 
 PROG = "python train.py"
 
@@ -43,8 +43,7 @@ def parse(argv: list[str]) -> tuple[str, RunConfig]:
         raise JaxchatError(f"--stage={stage}: expected one of {', '.join(stages.choices())}" if stage else
                            f"--stage is required: one of {', '.join(stages.choices())}")
     preset = options.pop("config", None)
-    config = load_toml(preset) if preset else RunConfig()
-    return stage, validate(override(config, options, prog=PROG), stage)  # only the settings this stage reads
+    return stage, validate(build(preset, options, prog=PROG), stage)  # only the settings this stage reads
 
 
 def main(argv: list[str] | None = None) -> int:

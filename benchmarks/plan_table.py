@@ -25,7 +25,7 @@ from jaxchat.common import JaxchatError  # noqa: E402
 from jaxchat.config import RunConfig, override  # noqa: E402
 from jaxchat.model import GPTConfig, estimate_flops, num_params  # noqa: E402
 from jaxchat.preflight import human  # noqa: E402
-from jaxchat.training.base import horizon  # noqa: E402
+from jaxchat.training.horizon import horizon  # noqa: E402
 
 CARDS = ("rtx4070-12gb", "rtx4080-16gb", "rtx4090-24gb", "a100-40gb", "h100-80gb")
 

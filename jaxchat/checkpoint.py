@@ -623,3 +623,23 @@ def load_params(stage: str, tag: str | None = None, step: int | None = None, *, 
     meta = dict(restored["meta"])
     meta["checkpoint"] = str(step_dir)
     return restored["params"], meta
+
+
+def load_opt_state(stage: str, tag: str | None = None, step: int | None = None, *, abstract_opt_state: Any,
+                   home: str | Path | None = None) -> Any:
+    """Restore ONLY the optimizer state of a checkpoint (a stage warm-starting its optimizer from the
+    previous stage's); ``abstract_opt_state`` gives its structure. JaxchatError when the checkpoint has
+    none or it does not match (another recipe's optimizer)."""
+    directory, step = find_checkpoint(stage, tag, step, home)
+    step_dir = directory / str(step)
+    record, _ = _read_checksums(step_dir)
+    if record is not None and "opt_state" not in record["items"]:
+        raise JaxchatError(f"{step_dir} holds no optimizer state to start from; set sft.load_optimizer=false")
+    check_step(step_dir, None, RESUME_ITEMS)
+    try:
+        restored = _orbax_read(step_dir, lambda: _restore_items(
+            step_dir, opt_state=ocp.args.StandardRestore(abstract_tree(abstract_opt_state))))
+    except (ValueError, KeyError, TypeError) as e:
+        raise JaxchatError(f"{step_dir}: its optimizer state does not match this stage's optimizer ({e}); "
+                           "it was trained with another recipe's optimizer, so set sft.load_optimizer=false") from None
+    return restored["opt_state"]

@@ -46,6 +46,7 @@ class ModelSection:
     dtype: str = "auto"  # compute dtype: auto (bfloat16 on GPU, float32 on CPU) | float32 | bfloat16
     attention: str = "auto"  # auto (cudnn on GPU with bf16, else blocked) | blocked | xla | cudnn
     remat: bool | Auto = False  # recompute block activations in the backward pass (less memory, ~30 % more compute); auto: only when the step would not fit
+    window_pattern: str = "L"  # attention per layer, tiled, last layer always L: L = full context, S = a quarter of it (2026: SSSL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +66,8 @@ class OptimSection:
     embedding_lr: float = 0.2
     unembedding_lr: float = 0.004
     matrix_lr: float = 0.02
-    weight_decay: float = 0.0
+    scalar_lr: float = 0.5  # 2026 recipe: the per-layer resid/x0 lambdas (AdamW)
+    weight_decay: float = 0.0  # 2026 recipe: Muon's cautious weight decay at d12, scaled by depth and batch, cosine to 0
     grad_clip: float = 1.0  # base training; 0 disables (mid and SFT never clip, as nanochat)
 
 
@@ -75,12 +77,13 @@ class BaseSection:
     target_flops, target_param_data_ratio that is set (> 0)."""
 
     device_batch_size: int | Auto = 32  # rows per micro-batch; auto: the most that fit the GPU (jaxchat/fit.py)
-    total_batch_size: int = 524_288  # tokens per optimizer step; accumulation makes it up
+    total_batch_size: int | Auto = 524_288  # tokens per optimizer step; accumulation makes it up; auto: nanochat 92d63d4's optimum for the horizon
     num_iterations: int = -1
     target_flops: float = -1.0
     target_param_data_ratio: float = 20.0  # Chinchilla
     packing: str = "stream"  # stream: windows of the token stream | bestfit: nanochat 92d63d4's BOS-aligned best-fit rows
     warmup_ratio: float = 0.0
+    warmup_steps: int = 0  # LR warmup as a number of steps instead of a ratio (2026: 40)
     warmdown_ratio: float = 0.2
     final_lr_frac: float = 0.0
     eval_every: int = 250  # val bpb
@@ -106,13 +109,18 @@ class SFTSection:
     """Supervised fine-tuning (docs/DESIGN.md §7): one epoch, one conversation per row."""
 
     device_batch_size: int | Auto = 4  # rows per micro-batch; auto: the most that fit the GPU
-    examples_per_step: int = 32  # device_batch_size × accumulation
+    examples_per_step: int | Auto = 32  # rows per step = device_batch_size × accumulation; auto: the source checkpoint's tokens per step ÷ model.sequence_len
+    packing: str = "rows"  # rows: one conversation per row | bestfit: nanochat 92d63d4's rows packed with whole conversations
+    load_optimizer: bool = False  # start from the source checkpoint's optimizer state (momenta), with SFT's LRs (2026 recipe)
     num_iterations: int = -1  # -1: one epoch
     init_lr_frac: float = 0.02
-    eval_every: int = 100  # val loss
-    eval_steps: int = 100  # batches of val loss
-    metrics_every: int = 200  # MMLU / ARC-Easy accuracy
-    metrics_max_problems: int = 1024
+    eval_every: int = 100  # val loss (2026 recipe: val bpb)
+    eval_steps: int = 100  # batches of the val metric
+    metrics_every: int = 200  # MMLU / ARC-Easy accuracy (2026 recipe: ChatCORE of ARC, MMLU, GSM8K, HumanEval)
+    metrics_max_problems: int = 1024  # per categorical task; -1 = all
+    metrics_max_generative: int = 24  # 2026 recipe: per generative task of ChatCORE
+    mmlu_epochs: int = 3  # 2026 recipe's mixture: SmolTalk + MMLU auxiliary_train × this + GSM8K × gsm8k_epochs
+    gsm8k_epochs: int = 4
     task_scale: float = 1.0
 
 
@@ -160,6 +168,7 @@ class DataSection:
 class RunConfig:
     """Everything ``train.py`` needs. ``tag`` defaults to ``d<depth>``."""
 
+    recipe: str = "2025"  # 2025: nanochat Nov 2025 (base → mid → SFT) | 2026: nanochat 92d63d4 (base → SFT); changes the defaults (RECIPE_DEFAULTS)
     tag: str = ""
     seed: int = 0
     resume: bool = False  # continue the interrupted run of this stage/tag from its latest checkpoint
@@ -182,6 +191,47 @@ class RunConfig:
         return self.tag or f"d{self.model.depth}"
 
 
+# What ``recipe = "2026"`` changes before a preset and the command line apply (nanochat 92d63d4's
+# scripts/base_train.py and chat_sft.py defaults; docs/DESIGN.md §15). Which model, optimizer and
+# schedules a stage builds follows from ``recipe`` itself.
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "2025": {},
+    "2026": {
+        "tokenizer.vocab_size": 32768,
+        "model.window_pattern": "SSSL",
+        "optim.embedding_lr": 0.3, "optim.unembedding_lr": 0.008, "optim.matrix_lr": 0.02, "optim.scalar_lr": 0.5,
+        "optim.weight_decay": 0.28, "optim.grad_clip": 0.0,
+        "base.total_batch_size": "auto", "base.target_param_data_ratio": 12.0, "base.warmup_steps": 40,
+        "base.warmdown_ratio": 0.65, "base.final_lr_frac": 0.05, "base.packing": "bestfit",
+        "base.eval_tokens": 80 * 524_288,
+        "sft.device_batch_size": 32, "sft.examples_per_step": "auto", "sft.packing": "bestfit",
+        "sft.load_optimizer": True, "sft.init_lr_frac": 0.8, "sft.eval_every": 200, "sft.eval_steps": 320,
+        "sft.metrics_every": 200, "sft.metrics_max_problems": -1,
+        "data.corpus": "climbmix",
+    },
+}
+
+
+def initial(recipe: str = "2025") -> RunConfig:
+    """The defaults of ``recipe``: ``RunConfig()`` with ``RECIPE_DEFAULTS[recipe]`` applied."""
+    if recipe not in stages.RECIPES:
+        raise JaxchatError(f"recipe={recipe!r}: expected one of {', '.join(stages.RECIPES)}")
+    return override(RunConfig(recipe=recipe), RECIPE_DEFAULTS[recipe], source=f"recipe {recipe}", typed=True)
+
+
+def build(preset: str | Path | None, options: dict[str, str], prog: str = "python train.py") -> RunConfig:
+    """An entry point's config: the recipe's defaults (``--recipe``, else the preset's ``recipe``, else
+    2025), then the preset, then the command line's ``options`` ({dotted key: text})."""
+    data = _flatten(_read_toml(preset)) if preset else {}
+    recipe = options.get("recipe") or data.get("recipe") or "2025"
+    if not isinstance(recipe, str):
+        raise JaxchatError(f"{preset}: recipe={recipe!r}: expected a string, one of {', '.join(stages.RECIPES)}")
+    config = initial(recipe.strip())
+    if preset:
+        config = override(config, data, source=str(preset), typed=True)
+    return override(config, options, prog=prog)
+
+
 # ---- validation ----------------------------------------------------------------------------------
 
 _POSITIVE = {
@@ -189,34 +239,37 @@ _POSITIVE = {
     "base.device_batch_size", "base.total_batch_size", "base.eval_tokens", "base.core_max_per_task",
     "mid.device_batch_size", "mid.total_batch_size", "mid.eval_tokens", "mid.task_scale",
     "sft.device_batch_size", "sft.examples_per_step", "sft.init_lr_frac", "sft.eval_steps",
-    "sft.metrics_max_problems", "sft.task_scale", "checkpoint.keep_last", "chat_eval.max_new_tokens",
+    "sft.metrics_max_generative", "sft.mmlu_epochs", "sft.gsm8k_epochs", "sft.task_scale", "checkpoint.keep_last", "chat_eval.max_new_tokens",
     "chat_eval.batch_size", "chat_eval.num_samples",
 }
 _NON_NEGATIVE = {"chat_eval.temperature", "chat_eval.top_k", "optim.embedding_lr", "optim.unembedding_lr",
-                 "optim.matrix_lr", "optim.weight_decay", "optim.grad_clip"}
+                 "optim.matrix_lr", "optim.scalar_lr", "optim.weight_decay", "optim.grad_clip", "base.warmup_steps"}
 _UNIT_INTERVAL = {"base.warmup_ratio", "base.warmdown_ratio", "base.final_lr_frac"}
 _CHOICES = {"model.dtype": ("auto", "float32", "bfloat16"), "model.attention": ("auto", "blocked", "xla", "cudnn"),
-            "base.packing": ("stream", "bestfit"), "data.corpus": ("fineweb", "climbmix"),
+            "base.packing": ("stream", "bestfit"), "sft.packing": ("rows", "bestfit"),
+            "data.corpus": ("fineweb", "climbmix"), "recipe": stages.RECIPES,
             "chat_eval.source": tuple(stage.name for stage in stages.STAGES if stage.chat_evaluated)}
 
 
-def stages_run(stage: str) -> tuple[str, ...]:
-    """The registered stages ``train.py --stage=STAGE`` runs: ``all`` is every stage with ``in_all``,
-    plus chat_eval when one of them is chat-evaluated (docs/DESIGN.md: the order of ``all``)."""
+def stages_run(stage: str, recipe: str = "2025") -> tuple[str, ...]:
+    """The registered stages ``train.py --stage=STAGE`` runs in ``recipe``: ``all`` is every stage of
+    the recipe with ``in_all``, plus chat_eval when one of them is chat-evaluated (docs/DESIGN.md: the
+    order of ``all``). JaxchatError for a stage the recipe does not have."""
     if stage != "all":
-        stages.get(stage)  # JaxchatError naming the choices
+        stages.check_in_recipe(stage, recipe)  # JaxchatError naming the choices
         return (stage,)
-    run = [spec.name for spec in stages.STAGES if spec.in_all]
-    if any(spec.chat_evaluated for spec in stages.STAGES if spec.in_all):
+    specs = [spec for spec in stages.STAGES if spec.in_all and recipe in spec.recipes]
+    run = [spec.name for spec in specs]
+    if any(spec.chat_evaluated for spec in specs):
         run.append("chat_eval")
     return tuple(run)
 
 
-def sections_read(stage: str) -> tuple[str, ...]:
+def sections_read(stage: str, recipe: str = "2025") -> tuple[str, ...]:
     """The config sections ``stage`` (a registered stage or ``all``) reads, in RunConfig's order."""
     every = tuple(f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default))
     read = set()
-    for name in stages_run(stage):
+    for name in stages_run(stage, recipe):
         sections = stages.get(name).sections
         read.update(every if sections is None else sections)
     return tuple(name for name in every if name in read)
@@ -225,7 +278,9 @@ def sections_read(stage: str) -> tuple[str, ...]:
 def validate(config: RunConfig, stage: str = "all") -> RunConfig:
     """Check the rules of the settings ``stage`` reads (default ``all``: every stage's); JaxchatError
     naming the key and the value otherwise. Run-level fields are always checked."""
-    sections = set(sections_read(stage))
+    if config.recipe not in stages.RECIPES:
+        raise JaxchatError(f"recipe={config.recipe!r}: expected one of {', '.join(stages.RECIPES)}")
+    sections = set(sections_read(stage, config.recipe))
 
     def checked(key: str) -> bool:
         return "." not in key or key.split(".", 1)[0] in sections
@@ -235,6 +290,8 @@ def validate(config: RunConfig, stage: str = "all") -> RunConfig:
         if checked(key) and isinstance(value, float) and not math.isfinite(value):
             raise JaxchatError(f"{key}={value}: expected a finite number")
     for key in sorted(filter(checked, _POSITIVE)):
+        if key == "sft.metrics_max_problems" and config.sft.metrics_max_problems == -1:
+            continue  # -1: all
         if get(config, key) != "auto" and get(config, key) <= 0:
             raise JaxchatError(f"{key}={get(config, key)}: expected a positive number")
     for key in sorted(filter(checked, _NON_NEGATIVE)):
@@ -246,6 +303,9 @@ def validate(config: RunConfig, stage: str = "all") -> RunConfig:
             raise JaxchatError(f"{key}={get(config, key)}: expected a number in [0, 1]")
     if config.target:
         targets.check_name(config.target)
+    pattern = config.model.window_pattern
+    if "model" in sections and (not pattern or set(pattern.upper()) - set("SL")):
+        raise JaxchatError(f"model.window_pattern={pattern!r}: expected letters S (short window) and L (full context)")
     if "chat_eval" in sections and (config.chat_eval.max_problems == 0 or config.chat_eval.max_problems < -1):
         raise JaxchatError(f"chat_eval.max_problems={config.chat_eval.max_problems}: expected -1 (all) or a positive number")
     for key, choices in _CHOICES.items():
@@ -255,16 +315,21 @@ def validate(config: RunConfig, stage: str = "all") -> RunConfig:
         if name not in sections:
             continue
         section = getattr(config, name)
+        if section.total_batch_size == "auto":
+            continue  # decided from the horizon at run time; checked then
         rows = 1 if section.device_batch_size == "auto" else section.device_batch_size  # auto: a divisor
         row_tokens = rows * config.model.sequence_len
         if section.total_batch_size % row_tokens:
             what = "model.sequence_len" if rows == 1 else f"{name}.device_batch_size × model.sequence_len"
             raise JaxchatError(
                 f"{name}.total_batch_size={section.total_batch_size} is not a multiple of {what} = {row_tokens}")
-    if ("sft" in sections and config.sft.device_batch_size != "auto"
+    if ("sft" in sections and "auto" not in (config.sft.device_batch_size, config.sft.examples_per_step)
             and config.sft.examples_per_step % config.sft.device_batch_size):
         raise JaxchatError(f"sft.examples_per_step={config.sft.examples_per_step} is not a multiple of "
                            f"sft.device_batch_size={config.sft.device_batch_size}")
+    if "base" in sections and config.base.warmup_steps > 0 and config.base.warmup_ratio > 0:
+        raise JaxchatError(f"base.warmup_steps={config.base.warmup_steps} and base.warmup_ratio="
+                           f"{config.base.warmup_ratio:g} are both set; set one")
     if "base" in sections and not config.base.warmup_ratio + config.base.warmdown_ratio <= 1:
         raise JaxchatError(f"base.warmup_ratio + base.warmdown_ratio = "
                            f"{config.base.warmup_ratio + config.base.warmdown_ratio:g}: must lie in [0, 1]")
@@ -399,8 +464,11 @@ def override(config: Any, updates: dict[str, Any], source: str = "command line",
 
 
 def load_toml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
-    """Apply a TOML preset (sections as tables, run-level keys at the top) on top of ``base``."""
-    return override(base or RunConfig(), _flatten(_read_toml(path)), source=str(path), typed=True)
+    """Apply a TOML preset (sections as tables, run-level keys at the top) on top of ``base`` (default:
+    the defaults of the preset's ``recipe``)."""
+    if base is None:
+        return build(path, {})
+    return override(base, _flatten(_read_toml(path)), source=str(path), typed=True)
 
 
 def _read_toml(path: str | Path) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from jaxchat.model import GPTConfig
 from jaxchat.preflight import TRAINING_STAGES, human, memory_available
 from jaxchat.runtime import Runtime
 from jaxchat.training.build import abstract_state, build_model, build_optimizer
+from jaxchat.training.horizon import rows_per_step
 from jaxchat.training.step import make_train_step
 
 # A program fits when its peak is at most this share of the memory JAX may use: XLA's figures are
@@ -127,7 +128,7 @@ def _train_step_memory(machine: Machine, model_config: GPTConfig, cfg: RunConfig
                        accum: int, remat: bool) -> Memory:
     plan = dataclasses.replace(machine.runtime, remat=remat)
     graphdef, params = build_model(model_config, cfg, plan, abstract=True)
-    tx = build_optimizer(params, model_config, cfg, stage)
+    tx = build_optimizer(params, model_config, cfg, stage, runtime=plan)
     mesh = machine.mesh
     state = _placed(abstract_state(params, tx), mesh)
     batch = _placed({key: jax.ShapeDtypeStruct((accum, rows, seq), jnp.int32) for key in ("inputs", "targets")},
@@ -213,20 +214,21 @@ def largest_fitting(candidates: Sequence[int], fits: Callable[[int], bool]) -> i
     return best
 
 
-def stage_shape(stage: str, cfg: RunConfig) -> tuple[int | str, int, int]:
-    """(rows setting, total rows per optimizer step, longest row) of a training stage's config."""
+def stage_shape(stage: str, cfg: RunConfig, model_config: GPTConfig,
+                source_meta: dict | None = None) -> tuple[int | str, int, int]:
+    """(rows setting, total rows per optimizer step, longest row) of a training stage's config
+    (``source_meta``: the checkpoint it starts from, for an SFT batch inherited from it)."""
     if stage not in TRAINING_STAGES:
         raise JaxchatError(f"{stage}: expected a training stage ({', '.join(TRAINING_STAGES)})")
-    section, seq = getattr(cfg, stage), cfg.model.sequence_len
-    total = section.examples_per_step if stage == "sft" else section.total_batch_size // seq
-    return section.device_batch_size, total, seq  # SFT rows are padded up to the context at most
+    total = rows_per_step(stage, cfg, model_config, source_meta)
+    return getattr(cfg, stage).device_batch_size, total, cfg.model.sequence_len  # SFT rows are at most the context
 
 
 def fit(stage: str, cfg: RunConfig, model_config: GPTConfig, machine: Machine,
-        measure: Callable[[int, bool], Memory] | None = None) -> Fit:
+        measure: Callable[[int, bool], Memory] | None = None, source_meta: dict | None = None) -> Fit:
     """``stage``'s device batch and remat on ``machine`` (see the module docstring). ``measure(rows,
     remat)`` defaults to compiling the step (tests inject their own)."""
-    setting, total, seq = stage_shape(stage, cfg)
+    setting, total, seq = stage_shape(stage, cfg, model_config, source_meta)
     remat_options = (False, True) if cfg.model.remat == "auto" else (cfg.model.remat,)
     devices = machine.mesh.devices.size
     if measure is None:

@@ -25,11 +25,11 @@ import jax
 
 from jaxchat import cli, fit, runtime, targets
 from jaxchat.common import JaxchatError
-from jaxchat.config import RunConfig, load_toml, override, parse_overrides, validate
-from jaxchat.model import GPTConfig, estimate_flops, num_params
+from jaxchat.config import RunConfig, build, override, parse_overrides, stages_run, validate
+from jaxchat.model import estimate_flops, num_params
 from jaxchat.preflight import human
-from jaxchat.training.base import horizon
 from jaxchat.training.build import abstract_state, build_model, build_optimizer
+from jaxchat.training.horizon import model_config as recipe_model, plan as base_plan, rows_per_step
 
 PROG = "python -m jaxchat.plan"
 DEFAULT_TARGET = "h100-80gb"  # the recipe's card when neither the command line nor the preset names one
@@ -40,7 +40,7 @@ DEFAULT_MFU = 0.4  # assumed for the time estimates: nanochat's d20 reaches ~48 
 class PlanOptions:
     """The plan's own keys (the rest are ``train.py``'s)."""
 
-    stages: str = "base,mid,sft"  # comma-separated training stages to plan
+    stages: str = "recipe"  # comma-separated training stages to plan; recipe: the recipe's (2025: base,mid,sft; 2026: base,sft)
     mfu: float = DEFAULT_MFU  # model FLOPs utilisation assumed for the expected times
     inference: bool = True  # also compile the engine's prefill/decode and the eval forward
 
@@ -54,12 +54,16 @@ def parse(argv: Sequence[str]) -> tuple[RunConfig, PlanOptions, str]:
     target = options.pop("target", None)
     if target not in (None, "this"):
         targets.check_name(target)
-    cfg = validate(override(load_toml(preset) if preset else RunConfig(), options, prog=PROG))
+    cfg = validate(build(preset, options, prog=PROG))
     if not 0 < plan.mfu <= 1:
         raise JaxchatError(f"mfu={plan.mfu}: expected a fraction in (0, 1]")
+    training = [name for name in stages_run("all", cfg.recipe) if name in ("base", "mid", "sft")]
+    if plan.stages == "recipe":
+        plan = dataclasses.replace(plan, stages=",".join(training))
     for stage in plan.stages.split(","):
-        if stage not in ("base", "mid", "sft"):
-            raise JaxchatError(f"stages={plan.stages!r}: expected base, mid and/or sft, comma-separated")
+        if stage not in training:
+            raise JaxchatError(f"stages={plan.stages!r}: expected {', '.join(training)} (the {cfg.recipe} recipe's "
+                               f"training stages), comma-separated, or recipe")
     return cfg, plan, target or cfg.target or DEFAULT_TARGET
 
 
@@ -73,10 +77,10 @@ def hours(total_flops: float, peak: float | None, mfu: float) -> str:
 def stage_steps(stage: str, cfg: RunConfig, model_config) -> tuple[int | None, int, str]:
     """(optimizer steps or None when set by the data, tokens per step, how the steps were chosen)."""
     if stage == "base":
-        steps, how = horizon(cfg, model_config)
-        return steps, cfg.base.total_batch_size, how
+        p = base_plan(cfg, model_config)
+        return p.num_steps, p.total_batch_size, p.horizon_source
     section = getattr(cfg, stage)
-    tokens = section.total_batch_size if stage == "mid" else section.examples_per_step * cfg.model.sequence_len
+    tokens = rows_per_step(stage, cfg, model_config) * cfg.model.sequence_len
     if section.num_iterations > 0:
         return section.num_iterations, tokens, f"{stage}.num_iterations"
     return None, tokens, "one epoch (its length is known once the data is read)"
@@ -93,7 +97,7 @@ def run(cfg: RunConfig, options: PlanOptions, target: str) -> int:
         peak = targets.get(target).peak_flops
         where = f"{target} ({targets.get(target).description}), compiled without a GPU"
     vocab = cfg.tokenizer.vocab_size
-    model_config = GPTConfig.from_depth(cfg.model.depth, vocab_size=vocab, sequence_len=cfg.model.sequence_len)
+    model_config = recipe_model(cfg, vocab)
     flops = estimate_flops(model_config)
     _, params = build_model(model_config, cfg, machine.runtime, abstract=True)
     state = abstract_state(params, build_optimizer(params, model_config, cfg, "base"))

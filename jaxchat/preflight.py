@@ -183,7 +183,7 @@ def memory_available(plan: Any) -> tuple[int | None, str]:
 
 def check_vocab(stage: str, cfg: RunConfig, explicit: Collection[str], tokenizer_dir: Path | None = None) -> None:
     """Refuse a ``tokenizer.vocab_size`` the user set that the training stages would ignore."""
-    if "tokenizer.vocab_size" not in explicit or not set(stages_run(stage)) & set(TRAINING_STAGES):
+    if "tokenizer.vocab_size" not in explicit or not set(stages_run(stage, cfg.recipe)) & set(TRAINING_STAGES):
         return
     from jaxchat.tokenizer import default_tokenizer_dir, load_tokenizer  # lazy: tiktoken, only when needed
 
@@ -201,11 +201,12 @@ def check_vocab(stage: str, cfg: RunConfig, explicit: Collection[str], tokenizer
 def _stage_shape(stage: str, cfg: RunConfig, vocab_size: int) -> tuple[GPTConfig, int, int]:
     """(model, rows per micro-batch, shortest row) of a training stage. mid and sft take the model of
     their source checkpoint when it exists (it may differ from ``cfg.model.depth``)."""
-    model = GPTConfig.from_depth(cfg.model.depth, vocab_size=vocab_size, sequence_len=cfg.model.sequence_len)
+    model = GPTConfig.for_recipe(cfg.recipe, cfg.model.depth, vocab_size, cfg.model.sequence_len,
+                                 cfg.model.window_pattern)
     if stage != "base":
         model = _source_model(stage, cfg) or model
     seq = cfg.model.sequence_len
-    if stage == "sft":  # rows are padded to the shortest bucket that holds them: 1/8 of the context at least
+    if stage == "sft" and cfg.sft.packing == "rows":  # rows are padded to the shortest bucket that holds them: 1/8 of the context at least
         from jaxchat.data.chat import default_buckets  # lazy: the chat data pipeline
 
         return model, _rows(cfg.sft.device_batch_size), default_buckets(seq)[0]
@@ -220,7 +221,7 @@ def _rows(setting: int | str) -> int:
 def _source_model(stage: str, cfg: RunConfig) -> GPTConfig | None:
     from jaxchat.checkpoint import read_meta  # lazy: Orbax, only for mid/sft
 
-    previous = stages.get(stage).starts_from
+    previous = stages.get(stage).source(cfg.recipe)
     if previous is None:
         return None
     try:
@@ -235,7 +236,7 @@ def check_memory(stage: str, cfg: RunConfig, plan: Any = None, available: tuple[
     """Refuse a training stage (or ``all``) whose lower-bound estimate exceeds the memory available;
     the estimates otherwise. ``plan`` (a ``runtime.Runtime``), ``available`` ((bytes, where)), the
     vocabulary and the device count default to this machine's, the tokenizer's and the config's."""
-    training = [name for name in stages_run(stage) if name in TRAINING_STAGES]
+    training = [name for name in stages_run(stage, cfg.recipe) if name in TRAINING_STAGES]
     if not training:
         return []
     if plan is None:

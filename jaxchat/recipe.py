@@ -18,22 +18,19 @@ from jaxchat.data import download as downloader
 from jaxchat.data.offline import resolve_config
 from jaxchat.data.shards import default_data_dir
 from jaxchat.eval import chat as chat_evaluator
-from jaxchat.model import GPTConfig
 from jaxchat.report import assemble
 from jaxchat.tokenizer import default_tokenizer_dir
 from jaxchat.tokenizer import train as tokenizer_trainer
-from jaxchat.training.base import horizon
+from jaxchat.training.horizon import model_config, plan
 
 CHARS_PER_TOKEN = 4.8  # FineWeb-Edu with the 65K tokenizer (docs/DESIGN.md §1: 4.86 bytes/token)
 CHARS_PER_SHARD = 250e6
 
 
 def shards_needed(cfg: RunConfig) -> int:
-    """FineWeb shards for the tokenizer and base horizon of ``cfg`` (+10 % margin, + 1 val shard)."""
-    model_config = GPTConfig.from_depth(cfg.model.depth, vocab_size=cfg.tokenizer.vocab_size,
-                                        sequence_len=cfg.model.sequence_len)
-    steps, _ = horizon(cfg, model_config)
-    base_chars = steps * cfg.base.total_batch_size * CHARS_PER_TOKEN * 1.1
+    """Pretraining shards for the tokenizer and base horizon of ``cfg`` (+10 % margin, + 1 val shard)."""
+    base = plan(cfg, model_config(cfg, cfg.tokenizer.vocab_size))
+    base_chars = base.num_steps * base.total_batch_size * CHARS_PER_TOKEN * 1.1
     return math.ceil(max(cfg.tokenizer.max_chars, base_chars) / CHARS_PER_SHARD) + 1
 
 
@@ -86,8 +83,9 @@ def stage_status(stage: str, tag: str) -> str:
 
 
 def run_all(cfg: RunConfig) -> None:
-    """Every stage of ``jaxchat.stages`` with ``in_all``, in order, with chat_eval after each
-    ``chat_evaluated`` one: tokenizer → base → mid → chat_eval(mid) → sft → chat_eval(sft) → report.
+    """Every stage of ``jaxchat.stages`` with ``in_all`` that the recipe has, in order, with chat_eval
+    after each ``chat_evaluated`` one: tokenizer → base → mid → chat_eval(mid) → sft → chat_eval(sft) →
+    report (the 2026 recipe has no mid).
 
     An existing tokenizer is kept (retraining it under checkpoints trained with it would orphan
     them). With ``--resume``, finished stages are skipped, the interrupted one continues from its
@@ -96,7 +94,7 @@ def run_all(cfg: RunConfig) -> None:
     # Later stages start from this run's checkpoints, never from an older one with another tag.
     cfg = dataclasses.replace(cfg, source_tag="", source_step=-1)
     for stage in stages.STAGES:
-        if not stage.in_all:
+        if not stage.in_all or cfg.recipe not in stage.recipes:
             continue
         if stage.name == "tokenizer" and (default_tokenizer_dir() / "tokenizer.json").is_file():
             print(f"tokenizer: using the one in {default_tokenizer_dir()} (train a new one with --stage=tokenizer)")

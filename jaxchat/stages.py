@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from jaxchat.common import JaxchatError
 
+# The recipes (``RunConfig.recipe``): nanochat as of Nov 2025 (commit 16788ee, the default) and nanochat
+# 92d63d4 (Jul 2026), which drops midtraining: its SFT starts from base (docs/DESIGN.md §15).
+RECIPES = ("2025", "2026")
+
 if TYPE_CHECKING:
     from jaxchat.config import RunConfig
 
@@ -49,9 +53,18 @@ class StageSpec:
     optimizer: OptimizerOverrides = OptimizerOverrides()
     chat_evaluated: bool = False  # --stage=all runs chat_eval on its checkpoint right after it
     in_all: bool = True  # part of --stage=all
+    recipes: tuple[str, ...] = RECIPES  # the recipes that have this stage
     # The config sections it reads: `validate` checks only those, so a run is never refused for the
     # settings of a stage it does not run. None: every section.
     sections: tuple[str, ...] | None = None
+
+    def source(self, recipe: str) -> str | None:
+        """The stage whose checkpoint seeds this one in ``recipe``: ``starts_from``, or, when the recipe
+        lacks that stage, the stage it would have started from (2026: SFT starts from base)."""
+        source = self.starts_from
+        while source is not None and recipe not in get(source).recipes:
+            source = get(source).starts_from
+        return source
 
     def run(self, cfg: RunConfig) -> Any:
         module, function = self.runner.split(":")
@@ -69,6 +82,7 @@ STAGES: tuple[StageSpec, ...] = (
               sections=(*_TRAINING, "base", "checkpoint", "data")),
     StageSpec("mid", "Mid training", "jaxchat.training.mid:train_mid", starts_from="base", checkpointed=True,
               chat_evaluated=True, optimizer=OptimizerOverrides(clip_gradients=False),  # as nanochat: base only
+              recipes=("2025",),
               sections=(*_TRAINING, "mid", "checkpoint", "data")),
     StageSpec("sft", "SFT training", "jaxchat.training.sft:train_sft", starts_from="mid", checkpointed=True,
               chat_evaluated=True,
@@ -90,6 +104,16 @@ def get(name: str) -> StageSpec:
         if stage.name == name:
             return stage
     raise JaxchatError(f"unknown stage {name!r}; expected one of {', '.join(names())}")
+
+
+def check_in_recipe(name: str, recipe: str) -> StageSpec:
+    """The stage ``name`` if ``recipe`` has it; a JaxchatError saying what to run instead otherwise."""
+    spec = get(name)
+    if recipe not in spec.recipes:
+        have = ", ".join(s.name for s in STAGES if recipe in s.recipes)
+        raise JaxchatError(f"--stage={name}: the {recipe} recipe has no {name} stage (its stages: {have}); "
+                           f"run it with --recipe={spec.recipes[0]}")
+    return spec
 
 
 def choices() -> list[str]:

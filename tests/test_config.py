@@ -15,7 +15,7 @@ from jaxchat.config import (
     sections_read, to_dict, validate)
 from jaxchat.model import GPTConfig, estimate_flops, num_params
 from jaxchat.recipe import shards_needed
-from jaxchat.training.base import horizon
+from jaxchat.training.horizon import horizon
 from tests.cli_help import help_listing_every_key
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

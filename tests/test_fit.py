@@ -165,7 +165,7 @@ def test_plan_for_this_machine_prints_every_stage_without_training(capsys, tmp_p
 @pytest.mark.parametrize("args, message", [
     (["--target=rtx9090"], "error: target='rtx9090': no such GPU target; expected one of a100-40gb"),
     (["--mfu=1.5"], "error: mfu=1.5: expected a fraction in (0, 1]"),
-    (["--stages=base,rl"], "error: stages='base,rl': expected base, mid and/or sft"),
+    (["--stages=base,rl"], "error: stages='base,rl': expected base, mid, sft"),
     (["--base.device_batch_size=lots"], "error: base.device_batch_size='lots': expected int or auto"),
 ])
 def test_plan_refuses_bad_arguments_in_one_line(capsys, args, message):

@@ -76,6 +76,19 @@ class GPTConfig:
                    n_head=n_head, n_kv_head=n_head, n_embd=n_embd)
 
     @classmethod
+    def for_recipe(cls, recipe: str, depth: int, vocab_size: int, sequence_len: int = 2048,
+                   window_pattern: str = "L") -> "GPTConfig":
+        """The model a recipe trains at ``depth``: the seed's (``"2025"``, optionally windowed) or
+        nanochat 92d63d4's (``"2026"``, every feature on)."""
+        if recipe == "2026":
+            return cls.from_depth_2026(depth, vocab_size=vocab_size, sequence_len=sequence_len,
+                                       window_pattern=window_pattern)
+        if recipe != "2025":
+            raise ValueError(f"unknown recipe {recipe!r}; expected 2025 or 2026")
+        return dataclasses.replace(cls.from_depth(depth, vocab_size=vocab_size, sequence_len=sequence_len),
+                                   window_pattern=window_pattern)
+
+    @classmethod
     def from_depth_2026(cls, depth: int, vocab_size: int = 32768, sequence_len: int = 2048, *,
                         aspect_ratio: int = 64, head_dim: int = 128, window_pattern: str = "SSSL") -> "GPTConfig":
         """nanochat 92d63d4's model (``scripts/base_train.py`` ``build_model_meta``), every feature on:
@@ -130,6 +143,12 @@ def num_matmul_params(config: GPTConfig) -> int:
     mlp = 2 * d * 4 * d  # c_fc, c_proj
     gates = len(ve_layers(config)) * VE_GATE_CHANNELS * config.n_kv_head + (SMEAR_CHANNELS if config.smear else 0)
     return config.padded_vocab_size * d + config.n_layer * (attention + mlp) + gates
+
+
+def num_scaling_params(config: GPTConfig) -> int:
+    """The parameters nanochat 92d63d4's scaling laws count (``base_train.get_scaling_params``): the
+    transformer blocks' matrices (value-embedding gates included) and lm_head."""
+    return num_matmul_params(config) - (SMEAR_CHANNELS if config.smear else 0)
 
 
 def _num_scalars(config: GPTConfig) -> int:

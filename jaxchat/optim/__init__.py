@@ -11,7 +11,7 @@ from jaxchat.optim.optimizer import (OptimConfig, base_lrs, current_lrs, learnin
                                      param_group, param_labels)
 from jaxchat.optim.optimizer2026 import (AdamWGroup, OptimConfig2026, base_lrs_2026, hyperparams_2026,
                                          make_optimizer_2026, param_group_2026, param_labels_2026,
-                                         set_muon_hyperparams)
+                                         set_muon_hyperparams, warm_start_2026)
 from jaxchat.optim.schedules import (base_lr_multiplier, mid_lr_multiplier, muon_momentum_warmup,
                                      sft_lr_multiplier)
 from jaxchat.optim.schedules2026 import (base_lr_multiplier_2026, batch_lr_scale, muon_momentum_2026,
@@ -25,5 +25,5 @@ __all__ = [
     "make_optimizer_2026", "mid_lr_multiplier", "muon", "muon_momentum_2026", "muon_momentum_warmup",
     "newton_schulz", "normuon", "optimal_batch_size", "orthogonalise", "param_group", "param_group_2026",
     "param_labels", "param_labels_2026", "polar_express", "scaled_weight_decay", "set_muon_hyperparams",
-    "sft_lr_multiplier", "sft_lr_multiplier_2026", "weight_decay_cosine",
+    "sft_lr_multiplier", "sft_lr_multiplier_2026", "warm_start_2026", "weight_decay_cosine",
 ]

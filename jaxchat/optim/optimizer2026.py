@@ -255,3 +255,22 @@ def set_muon_hyperparams(opt_state: Any, **values: Any) -> Any:
     if isinstance(opt_state, optax.MultiTransformState):
         return new_multi
     return tuple(new_multi if s is multi else s for s in opt_state)
+
+
+def warm_start_2026(fresh: Any, loaded: Any) -> Any:
+    """``fresh`` (a new optimizer's state) with every group's moments and update counts taken from
+    ``loaded`` (the previous stage's state of the same structure): chat_sft's ``--load-optimizer``.
+    The injected hyper-parameters and their step counter stay ``fresh``'s, so the new stage's LRs and
+    momentum schedule start from its own step 0, as nanochat resets the LRs after loading."""
+    def graft(new: Any, old: Any) -> Any:
+        if isinstance(new, optax.MultiTransformState):
+            return new._replace(inner_states={k: graft(v, old.inner_states[k]) for k, v in new.inner_states.items()})
+        if hasattr(new, "inner_state") and hasattr(new, "hyperparams"):  # inject_hyperparams
+            return new._replace(inner_state=old.inner_state)
+        if hasattr(new, "inner_state"):  # multi_transform's MaskedState
+            return new._replace(inner_state=graft(new.inner_state, old.inner_state))
+        if isinstance(new, tuple) and not hasattr(new, "_fields"):  # optax.chain
+            return tuple(graft(a, b) for a, b in zip(new, old))
+        return new  # e.g. clipping: no state worth carrying
+
+    return graft(fresh, loaded)

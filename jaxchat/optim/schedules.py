@@ -22,15 +22,16 @@ def _as_float(step: Step) -> jax.Array:
 
 
 def base_lr_multiplier(num_iterations: int, warmup_ratio: float = 0.0, warmdown_ratio: float = 0.2,
-                       final_lr_frac: float = 0.0) -> Schedule:
-    """Base training (docs/DESIGN.md §5, nanochat ``base_train.get_lr_multiplier``).
+                       final_lr_frac: float = 0.0, *, warmup_steps: int = 0) -> Schedule:
+    """Base training (docs/DESIGN.md §5, nanochat ``base_train.get_lr_multiplier``, both versions).
 
-    ``warmup_iters = round(warmup_ratio·N)``, ``warmdown_iters = round(warmdown_ratio·N)``;
+    ``warmup_iters = warmup_steps`` when > 0 (nanochat 92d63d4), else ``round(warmup_ratio·N)``
+    (16788ee); ``warmdown_iters = round(warmdown_ratio·N)``;
     step < warmup → (step+1)/warmup_iters; step ≤ N − warmdown → 1; otherwise
     progress = (N − step)/warmdown_iters and the multiplier is progress + (1 − progress)·final_lr_frac.
     Past N (outside the run) progress is clamped at 0, i.e. the multiplier stays at final_lr_frac.
     """
-    warmup_iters = round(warmup_ratio * num_iterations)
+    warmup_iters = warmup_steps if warmup_steps > 0 else round(warmup_ratio * num_iterations)
     warmdown_iters = round(warmdown_ratio * num_iterations)
 
     def multiplier(step: Step) -> jax.Array:

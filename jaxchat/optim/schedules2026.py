@@ -20,6 +20,8 @@ from typing import Callable, Union
 import jax
 import jax.numpy as jnp
 
+from jaxchat.optim.schedules import base_lr_multiplier
+
 Step = Union[int, jax.Array]
 Schedule = Callable[[Step], jax.Array]
 
@@ -32,26 +34,10 @@ def _f32(x: Step) -> jax.Array:
 
 def base_lr_multiplier_2026(num_iterations: int, warmup_steps: int = 40, warmdown_ratio: float = 0.65,
                             final_lr_frac: float = 0.05) -> Schedule:
-    """``base_train.get_lr_multiplier``: linear warmup over ``warmup_steps``, constant, linear warmdown.
-
-    warmdown_iters = round(warmdown_ratio·N); step < warmup → (step+1)/warmup_steps; step ≤ N −
-    warmdown_iters → 1; else progress = (N − step)/warmdown_iters and the multiplier is
-    progress + (1 − progress)·final_lr_frac (progress clamped at 0 past N).
-    """
-    warmdown_iters = round(warmdown_ratio * num_iterations)
-
-    def multiplier(step: Step) -> jax.Array:
-        s = _f32(step)
-        lrm = jnp.ones_like(s)
-        if warmdown_iters > 0:
-            progress = jnp.maximum((num_iterations - s) / warmdown_iters, 0.0)
-            lrm = jnp.where(s <= num_iterations - warmdown_iters, lrm,
-                            progress * 1.0 + (1.0 - progress) * final_lr_frac)
-        if warmup_steps > 0:
-            lrm = jnp.where(s < warmup_steps, (s + 1.0) / warmup_steps, lrm)
-        return lrm
-
-    return multiplier
+    """``base_train.get_lr_multiplier`` with 92d63d4's defaults: the seed's shape
+    (``schedules.base_lr_multiplier``) with a warmup counted in steps."""
+    return base_lr_multiplier(num_iterations, warmdown_ratio=warmdown_ratio, final_lr_frac=final_lr_frac,
+                              warmup_steps=warmup_steps)
 
 
 def muon_momentum_2026(num_iterations: int, warmdown_ratio: float = 0.65, warmup_steps: int = 400,

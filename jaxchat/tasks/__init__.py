@@ -12,7 +12,8 @@ from jaxchat.tasks.customjson import CustomJSON, identity_conversations
 from jaxchat.tasks.gsm8k import GSM8K, extract_answer
 from jaxchat.tasks.humaneval import HumanEval
 from jaxchat.tasks.identity import JaxchatIdentity
-from jaxchat.tasks.mixtures import describe, mid_train_mixture, mid_val_mixture, sft_train_mixture, sft_val_tasks
+from jaxchat.tasks.mixtures import (describe, mid_train_mixture, mid_val_mixture, sft_train_mixture,
+                                    sft_train_mixture_2026, sft_val_mixture_2026, sft_val_tasks)
 from jaxchat.tasks.mmlu import MMLU
 from jaxchat.tasks.sandbox import ExecutionResult, execute_code
 from jaxchat.tasks.smoltalk import SmolTalk
@@ -41,5 +42,7 @@ __all__ = [
     "mid_val_mixture",
     "render_mc",
     "sft_train_mixture",
+    "sft_train_mixture_2026",
+    "sft_val_mixture_2026",
     "sft_val_tasks",
 ]

@@ -195,6 +195,36 @@ def sft_train_mixture(scale: float = 1.0, home: str | Path | None = None, *, off
     return TaskMixture(_build(name, parts, home, offline), seed=MIXTURE_SEED)
 
 
+def sft_train_mixture_2026(mmlu_epochs: int = 3, gsm8k_epochs: int = 4, scale: float = 1.0,
+                           home: str | Path | None = None, *, offline: bool = False,
+                           custom_json: CustomFiles = ()) -> TaskMixture:
+    """nanochat 92d63d4's SFT (≈ 856K rows): SmolTalk train, MMLU auxiliary_train × ``mmlu_epochs``
+    (multiple choice), GSM8K train × ``gsm8k_epochs`` (maths and the calculator tool), shuffled together
+    with seed 42 (+ ``custom_json`` files). Offline, the held-out-free local tasks are added (jaxchat's
+    identity conversations and the spelling tasks), so that a machine without the downloads still trains."""
+    name = "sft train mixture (2026)"
+    parts = [
+        _Part("SmolTalk(train)", (("smoltalk", None, "train"),), lambda: SmolTalk("train", home=home)),
+        _Part("MMLU(auxiliary_train)", (("mmlu", "auxiliary_train", "train"),),
+              lambda: MMLU("auxiliary_train", "train", home=home), mmlu_epochs),
+        _Part("GSM8K(train)", (("gsm8k", "main", "train"),), lambda: GSM8K("main", "train", home=home), gsm8k_epochs),
+        *_custom(custom_json),
+    ]
+    if offline:
+        parts += [_Part("JaxchatIdentity(train)", (), lambda: JaxchatIdentity("train")),
+                  _Part("SimpleSpelling(train)", (WORDS,),
+                        lambda: SimpleSpelling(size=_n(300, scale), split="train", home=home)),
+                  _Part("SpellingBee(train)", (WORDS,),
+                        lambda: SpellingBee(size=_n(300, scale), split="train", home=home))]
+    return TaskMixture(_build(name, parts, home, offline), seed=MIXTURE_SEED)
+
+
+def sft_val_mixture_2026(scale: float = 1.0, home: str | Path | None = None, *, offline: bool = False) -> TaskMixture:
+    """nanochat 92d63d4's SFT validation: the midtraining val mixture (SmolTalk test, MMLU test first
+    5.2K, GSM8K test first 420; offline: + held-out identity and spelling examples)."""
+    return mid_val_mixture(scale, home, offline=offline)
+
+
 def sft_val_tasks(scale: float = 1.0, home: str | Path | None = None, *, offline: bool = False) -> dict[str, Task]:
     """SFT validation (docs/DESIGN.md §7): ``loss`` (SmolTalk test, val loss every 100 steps) and the accuracy
     tasks run every 200 steps, ``mmlu`` (MMLU all/test) and ``arc_easy`` (ARC-Easy test), each cut

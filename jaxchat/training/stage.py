@@ -18,23 +18,27 @@ from flax import nnx
 
 from jaxchat import fit, host_memory, runtime, sharding, stages
 from jaxchat.checkpoint import (RESUME_ITEMS, StageCheckpointer, checkpoint_dir, committed_steps, complete_steps,
-                                find_checkpoint, latest_intact_step, load_params, read_meta)
+                                find_checkpoint, latest_intact_step, load_opt_state, load_params, read_meta)
 from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.config import RunConfig
 from jaxchat.data.cache import EVAL_BUNDLE_DIR, download_command
 from jaxchat.data.prefetch import device_prefetch
 from jaxchat.engine import Engine
 from jaxchat.eval.bpb import evaluate_bpb, evaluate_loss
-from jaxchat.eval.chat import run_categorical
+from jaxchat.eval.chat import build_task, chatcore, run_categorical, run_generative
 from jaxchat.eval.core import evaluate_core
 from jaxchat.metrics_log import MetricsLogger
 from jaxchat.model import GPTConfig, estimate_flops, num_params
 from jaxchat.model.load import check_compatible, check_tokenizer
 from jaxchat.report import write_section
-from jaxchat.training.build import abstract_state, build_model, build_optimizer, checkpoint_meta
+from jaxchat.optim import warm_start_2026
+from jaxchat.training.build import Scaling, abstract_state, build_model, build_optimizer, checkpoint_meta
 from jaxchat.training.loop import STOP, Interrupted, LoopSpec, estimate_time, format_plan, run_loop
 from jaxchat.training.step import TrainState, init_train_state, make_train_step
 
+
+# The tasks of nanochat 92d63d4's ChatCORE during SFT (chat_eval's six without SpellingBee).
+CHATCORE_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval")
 
 # The checkpoint directory of the stage this process runs (the last one started): what an interrupt
 # message describes (``checkpoint_status``).
@@ -87,23 +91,33 @@ class Stage:
         self.evals: list[tuple[int, Callable[[TrainState], dict[str, float]]]] = []
         self.source: str | None = None
         self.graphdef = self.params = self.tx = None
+        self.source_meta: dict[str, Any] | None = None  # the previous stage's checkpoint metadata
+        self.warm_opt_state = None  # the previous stage's optimizer state, when the stage starts from it
         self.fitted: fit.Fit | None = None  # the device batch chosen by fit_to_device, when "auto"
 
     # ---- model and optimizer ----------------------------------------------------------------------
 
-    def init_fresh(self) -> None:
-        """A newly initialised model (base training)."""
+    def init_fresh(self, scaling: Scaling = Scaling()) -> None:
+        """A newly initialised model (base training); ``scaling``: the 2026 optimizer's horizon."""
         self.graphdef, self.params = build_model(self.model_config, self.cfg, self.runtime)
-        self.tx = build_optimizer(self.params, self.model_config, self.cfg, self.name)
+        self.tx = build_optimizer(self.params, self.model_config, self.cfg, self.name, runtime=self.runtime,
+                                  scaling=scaling)
 
-    def init_from_previous_stage(self) -> None:
+    def init_from_previous_stage(self, load_optimizer: bool = False) -> None:
         """Params of the previous stage's checkpoint (latest, or ``--source_tag/--source_step``) and a
-        fresh optimizer. Refuses a missing checkpoint or one made with another tokenizer."""
-        previous = self.spec.starts_from
+        fresh optimizer, or with ``load_optimizer`` one warm-started from that checkpoint's moments
+        (2026 recipe). Refuses a missing checkpoint or one made with another tokenizer or recipe."""
+        previous = self.spec.source(self.cfg.recipe)
         tag = self.cfg.source_tag or self.cfg.run_tag
         step = self.cfg.source_step if self.cfg.source_step >= 0 else None
         path, step = find_checkpoint(previous, tag, step)
         meta = read_meta(previous, tag, step)
+        self.source_meta = meta
+        source_recipe = meta.get("run_config", {}).get("recipe", "2025")
+        if load_optimizer and source_recipe != self.cfg.recipe:
+            raise JaxchatError(f"{previous}/{tag}/{step} was trained with the {source_recipe} recipe, this run uses "
+                               f"{self.cfg.recipe}: its optimizer state cannot seed this one; set "
+                               f"{self.name}.load_optimizer=false or --recipe={source_recipe}")
         source_config = GPTConfig(**meta["model_config"])
         # The context length is not a parameter (rotary is computed): the stage may choose its own.
         self.model_config = GPTConfig(**{**meta["model_config"], "sequence_len": self.cfg.model.sequence_len})
@@ -114,8 +128,11 @@ class Stage:
             self.params, _ = load_params(previous, tag, step, abstract_params=abstract)
         else:
             self.params = abstract
-        self.tx = build_optimizer(self.params, self.model_config, self.cfg, self.name)
-        self.source = f"{previous}/{tag}/{step} ({path})"
+        self.tx = build_optimizer(self.params, self.model_config, self.cfg, self.name, runtime=self.runtime)
+        if load_optimizer and self.resume_step is None:
+            self.warm_opt_state = load_opt_state(previous, tag, step,
+                                                 abstract_opt_state=abstract_state(abstract, self.tx).opt_state)
+        self.source = f"{previous}/{tag}/{step} ({path})" + (", optimizer moments too" if load_optimizer else "")
 
     def fit_to_device(self) -> int:
         """Rows per micro-batch: the config's, or, when it or ``model.remat`` is "auto", the most whose
@@ -124,7 +141,8 @@ class Stage:
         setting = getattr(self.cfg, self.name).device_batch_size
         if setting != "auto" and self.cfg.model.remat != "auto":
             return setting
-        chosen = fit.fit(self.name, self.cfg, self.model_config, fit.this_machine(self.runtime))
+        chosen = fit.fit(self.name, self.cfg, self.model_config, fit.this_machine(self.runtime),
+                         source_meta=self.source_meta)
         if chosen.remat != self.runtime.remat:  # the params are the same; only the program changes
             self.runtime = dataclasses.replace(self.runtime, remat=chosen.remat)
             self.graphdef, _ = build_model(self.model_config, self.cfg, self.runtime, abstract=True)
@@ -165,24 +183,49 @@ class Stage:
     def categorical_accuracy(self, state: TrainState, task, max_problems: int) -> float:
         return run_categorical(self.graphdef, state.params, self.tokenizer, task, max_problems=max_problems)
 
+    def chat_metrics(self, state: TrainState, names: tuple[str, ...], *, max_categorical: int | None,
+                     max_generative: int | None, batch_size: int) -> dict[str, float]:
+        """Accuracy on the chat-eval tasks ``names`` (``<task>_acc``; greedy for the generative ones),
+        and their ChatCORE (``chatcore``) and that of the categorical ones (``chatcore_cat``) when
+        ``names`` are all of ``CHATCORE_TASKS`` (nanochat 92d63d4's ChatCORE during SFT)."""
+        results, engine = {}, None
+        for name in names:
+            task = build_task(name)
+            if task.eval_type == "categorical":
+                results[name] = run_categorical(self.graphdef, state.params, self.tokenizer, task, batch_size,
+                                                max_categorical)
+            else:
+                engine = engine or Engine(nnx.merge(self.graphdef, state.params), self.tokenizer)
+                results[name] = run_generative(engine, self.tokenizer, task, max_problems=max_generative)
+        out = {f"{name.lower().replace('-', '_')}_acc": acc for name, acc in results.items()}
+        if set(names) == set(CHATCORE_TASKS):
+            out["chatcore"] = chatcore(results)
+            out["chatcore_cat"] = chatcore({k: v for k, v in results.items() if k in ("ARC-Easy", "ARC-Challenge", "MMLU")})
+        return out
+
     # ---- the run ----------------------------------------------------------------------------------
 
     def run(self, data, *, num_steps: int | None, lr_multiplier: Callable[[int, float], float], accum: int,
-            plan: list[tuple[str, Any]], total_flops: float | None = None) -> dict[str, Any]:
+            plan: list[tuple[str, Any]], total_flops: float | None = None,
+            meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume or start, print the plan, train, checkpoint, write the report section.
 
         A SIGINT from here on (``loop.STOP``) stops the loop at its next step boundary (the first
         one if it comes before the loop starts), which saves; the stage then raises ``Interrupted``
-        saying which checkpoint is the latest complete one."""
+        saying which checkpoint is the latest complete one. ``meta``: extra keys for every checkpoint's
+        metadata (e.g. base's resolved batch size)."""
         with STOP.running():
             return self._run(data, num_steps=num_steps, lr_multiplier=lr_multiplier, accum=accum, plan=plan,
-                             total_flops=total_flops)
+                             total_flops=total_flops, extra_meta=meta or {})
 
     def _run(self, data, *, num_steps: int | None, lr_multiplier: Callable[[int, float], float], accum: int,
-             plan: list[tuple[str, Any]], total_flops: float | None) -> dict[str, Any]:
+             plan: list[tuple[str, Any]], total_flops: float | None, extra_meta: dict[str, Any]) -> dict[str, Any]:
         cfg, mc = self.cfg, self.model_config
         self.checkpointer = StageCheckpointer(self.directory, max_to_keep=cfg.checkpoint.keep_last)
         state = init_train_state(self.params, self.tx) if self.resume_step is None else None
+        if state is not None and self.warm_opt_state is not None:
+            state = state._replace(opt_state=warm_start_2026(state.opt_state, self.warm_opt_state))
+            self.warm_opt_state = None
         data_state = None
         if self.resume_step is not None:
             target = abstract_state(self.params, self.tx)
@@ -233,7 +276,7 @@ class Stage:
         def save(state: TrainState, metrics: dict[str, float], final: bool) -> None:
             step = int(state.step)
             meta = checkpoint_meta(self.name, step, mc, cfg, self.tokenizer, metrics, source=self.source,
-                                   final=final)
+                                   final=final, **extra_meta)
             self.checkpointer.save(step, state.params, state.opt_state, batches.get_state(), meta, force=final)
             if final:
                 self.checkpointer.wait()
@@ -264,7 +307,8 @@ class Stage:
     def _report(self, header, last: dict[str, float], seconds: float) -> None:
         rows = [*header, ("training time", f"{seconds / 60:.1f} min"),
                 ("final step", f"{int(last.get('step', 0)):,}")]
-        for key in ("loss_ema", "val_bpb", "core", "val_loss", "mmlu_acc", "arc_easy_acc", "mfu", "tok_per_s"):
+        for key in ("loss_ema", "val_bpb", "core", "val_loss", "mmlu_acc", "arc_easy_acc", "chatcore", "mfu",
+                    "tok_per_s"):
             if key in last:
                 rows.append((key, f"{last[key]:.4f}" if key not in ("tok_per_s",) else f"{last[key]:,.0f}"))
         table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
