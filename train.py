@@ -5,11 +5,14 @@
 Stages (jaxchat/stages.py): download (fills $JAXCHAT_HOME with what the config needs), tokenizer,
 base, mid, sft, chat_eval (evaluates the latest mid/sft checkpoint), report, and all (tokenizer →
 base → mid → chat_eval mid → sft → chat_eval sft → report; download first with `--stage=download`).
-`python train.py --help` lists every key with its default. Examples:
+`--recipe=2026` trains nanochat 92d63d4's recipe instead (no mid: SFT starts from base; its defaults
+in jaxchat/config.py RECIPE_DEFAULTS). `python train.py --help` lists every key with its default
+(the 2025 recipe's). Examples:
 
     python train.py --stage=base --config configs/d12.toml --base.num_iterations=500
     python train.py --stage=base --resume            # continue an interrupted run exactly
     python train.py --stage=sft --source_tag=d20 --tag=d20_sft2
+    python train.py --stage=all --config configs/gpt2_1gpu.toml   # the 2026 recipe's d24
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if cli.wants_help(argv):
         print(cli.help_text(__doc__, RunConfig(), extra=[
             ("stage", f"(required)  one of {', '.join(stages.choices())}"),
-            ("config", "(none)  a TOML preset: configs/{tiny,cpu_demo,d12,d20,d26,d12_12gb,d16_16gb,d20_24gb}.toml")]))
+            ("config", "(none)  a TOML preset: configs/{tiny,cpu_demo,d12,d20,d26,d12_12gb,d16_16gb,d20_24gb,"
+                       "gpt2_1gpu,cpu_demo_2026}.toml")]))
         return 0
     target: dict = {}  # the checkpoint directory of a single training stage, once parsed
 

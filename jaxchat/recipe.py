@@ -25,13 +25,18 @@ from jaxchat.training.horizon import model_config, plan
 
 CHARS_PER_TOKEN = 4.8  # FineWeb-Edu with the 65K tokenizer (docs/DESIGN.md §1: 4.86 bytes/token)
 CHARS_PER_SHARD = 250e6
+# Tokens one shard of each corpus yields: FineWeb-Edu's 250M characters at 4.8 a token; ClimbMix as
+# nanochat 92d63d4's speedrun counts it (about 150 shards for its 5.84B tokens).
+TOKENS_PER_SHARD = {"fineweb": CHARS_PER_SHARD / CHARS_PER_TOKEN, "climbmix": 5.84e9 / 150}
 
 
 def shards_needed(cfg: RunConfig) -> int:
     """Pretraining shards for the tokenizer and base horizon of ``cfg`` (+10 % margin, + 1 val shard)."""
     base = plan(cfg, model_config(cfg, cfg.tokenizer.vocab_size))
-    base_chars = base.num_steps * base.total_batch_size * CHARS_PER_TOKEN * 1.1
-    return math.ceil(max(cfg.tokenizer.max_chars, base_chars) / CHARS_PER_SHARD) + 1
+    per_shard = TOKENS_PER_SHARD[cfg.data.corpus]
+    base_shards = base.num_steps * base.total_batch_size * 1.1 / per_shard
+    tokenizer_shards = cfg.tokenizer.max_chars / (per_shard * CHARS_PER_TOKEN)
+    return math.ceil(max(tokenizer_shards, base_shards)) + 1
 
 
 def download(cfg: RunConfig) -> None:

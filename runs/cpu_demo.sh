@@ -5,6 +5,7 @@
 #   bash runs/cpu_demo.sh                    # online: 2 FineWeb-Edu shards (~200 MB), the task datasets, the eval bundle
 #   bash runs/cpu_demo.sh --offline          # no network needed (also chosen by itself when the network is unreachable)
 #   bash runs/cpu_demo.sh --from_text=DIR    # pretrain on your own .txt/.md/.jsonl files (online or offline)
+#   bash runs/cpu_demo.sh --config=configs/cpu_demo_2026.toml   # the 2026 recipe (nanochat 92d63d4) at demo size
 #   bash runs/cpu_demo.sh --base.num_iterations=50   # any other --key=value goes to train.py
 #
 # Offline mode (jaxchat/data/offline.py): pretraining text from --from_text=DIR, else from the
@@ -18,14 +19,17 @@ cd "$(dirname "$0")/.."
 
 offline=""
 from_text=""
+config="configs/cpu_demo.toml"
 args=()
 for arg in "$@"; do
   case "$arg" in
     --offline) offline=1 ;;
     --from_text=*|--from-text=*) from_text="${arg#*=}" ;;
+    --config=*) config="${arg#*=}" ;;
     *) args+=("$arg") ;;
   esac
 done
+tag=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb")).get("tag", "cpu_demo"))' "$config")
 
 # Install only when needed: jaxchat is not installed, its dependencies are missing, or pyproject.toml
 # changed since the install (a reinstall needs the package index, which an offline machine lacks).
@@ -64,17 +68,17 @@ fi
 if [[ -n "$offline" ]]; then
   export JAXCHAT_HOME="${JAXCHAT_HOME:-$HOME/.cache/jaxchat-cpu-demo-offline}"
   python -m jaxchat.data.offline ${from_text:+"--from_text=$from_text"}
-  mode=(--data.offline=true)
+  mode=(--data.offline=true --data.corpus=fineweb)  # the local text is made into base_data/, whatever the recipe reads online
   prompt="Who are you?"
 else
   export JAXCHAT_HOME="${JAXCHAT_HOME:-$HOME/.cache/jaxchat-cpu-demo}"
   if [[ -n "$from_text" ]]; then  # your shards first; the download then leaves base_data alone
     python -m jaxchat.data.download --from_text="$from_text"
   fi
-  python train.py --stage=download --config configs/cpu_demo.toml ${args[@]+"${args[@]}"}
+  python train.py --stage=download --config "$config" ${args[@]+"${args[@]}"}
   mode=()
   prompt="Why is the sky blue?"
 fi
 
-python train.py --stage=all --config configs/cpu_demo.toml --resume ${mode[@]+"${mode[@]}"} ${args[@]+"${args[@]}"}
-python -m jaxchat.chat --source=sft --tag=cpu_demo --prompt="$prompt"
+python train.py --stage=all --config "$config" --resume ${mode[@]+"${mode[@]}"} ${args[@]+"${args[@]}"}
+python -m jaxchat.chat --source=sft --tag="$tag" --prompt="$prompt"

@@ -12,7 +12,7 @@ from jaxchat.common import JaxchatError
 from jaxchat import stages
 from jaxchat.config import (
     OptimSection, RunConfig, explicit_keys, from_dict, load_toml, override, parse_overrides,
-    sections_read, to_dict, validate)
+    sections_read, stages_run, to_dict, validate)
 from jaxchat.model import GPTConfig, estimate_flops, num_params
 from jaxchat.recipe import shards_needed
 from jaxchat.training.horizon import horizon
@@ -25,8 +25,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_every_preset_loads_and_validates(path):
     cfg = validate(load_toml(path))
     assert cfg.run_tag
-    for stage in (cfg.base, cfg.mid):  # accumulation must make up the total batch exactly
-        assert stage.total_batch_size % (stage.device_batch_size * cfg.model.sequence_len) == 0
+    from jaxchat.training.horizon import model_config, rows_per_step
+
+    model = model_config(cfg, cfg.tokenizer.vocab_size)
+    for name in ("base", "mid", "sft"):  # accumulation must make up the total batch exactly
+        if name in stages_run("all", cfg.recipe):
+            assert rows_per_step(name, cfg, model) % getattr(cfg, name).device_batch_size == 0, name
 
 
 def test_defaults_are_the_d20_recipe():

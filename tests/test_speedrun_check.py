@@ -13,14 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "runs" / "speedrun_1gpu.sh"
 
 
-def run_script(tmp_path: Path, gpu_line: str | None, *args: str) -> subprocess.CompletedProcess:
+def run_script(tmp_path: Path, gpu_line: str | None, *args: str, script: Path = SCRIPT) -> subprocess.CompletedProcess:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     smi = bin_dir / "nvidia-smi"
     smi.write_text("#!/bin/sh\n" + (f"echo '{gpu_line}'\n" if gpu_line else "exit 9\n"))
     smi.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_no_gpu_stops_in_one_line_pointing_to_the_cpu_demo(tmp_path):
@@ -53,3 +53,12 @@ def test_an_unreadable_preset_is_one_line(tmp_path):
     assert result.returncode == 1
     assert "speedrun_1gpu: cannot read the preset configs/missing.toml" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_gpt2_script_checks_the_card_against_its_preset(tmp_path):
+    """runs/gpt2_1gpu.sh is the same run with configs/gpt2_1gpu.toml (the 2026 recipe)."""
+    script = ROOT / "runs" / "gpt2_1gpu.sh"
+    ok = run_script(tmp_path, "NVIDIA H100 80GB HBM3, 81559", "--check", script=script)
+    assert ok.returncode == 0 and "preset configs/gpt2_1gpu.toml (sized for h100-80gb)" in ok.stdout, ok.stderr
+    small = run_script(tmp_path, "NVIDIA GeForce RTX 4090, 24564", "--check", script=script)
+    assert small.returncode == 1 and "configs/gpt2_1gpu.toml is sized for h100-80gb" in small.stdout

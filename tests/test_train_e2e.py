@@ -191,3 +191,22 @@ def test_base_on_climbmix_with_best_fit_packing(home, capsys):
     assert "climbmix train shard(s)" in out and "bestfit packing" in out
     assert find_checkpoint("base", "tiny")[1] == 2
     assert read_meta("base", "tiny")["run_config"]["base"]["packing"] == "bestfit"
+
+
+def test_the_2026_recipe_trains_base_then_sft_from_base(home, capsys):
+    """--recipe=2026: nanochat 92d63d4's model and optimizer, ClimbMix with best-fit rows, no midtraining;
+    SFT starts from base with base's optimizer moments, packs its rows and reports val bpb and ChatCORE."""
+    import shutil
+
+    shutil.move(str(home / "base_data"), str(home / "base_data_climbmix"))
+    assert run("--stage=all", "--recipe=2026", "--sft.metrics_max_generative=1") == 0
+    out = capsys.readouterr().out
+    assert find_checkpoint("base", "tiny")[1] == 6 and find_checkpoint("sft", "tiny")[1] == 3
+    assert not (home / "checkpoints" / "mid").exists()
+    base, sft = read_meta("base", "tiny"), read_meta("sft", "tiny")
+    assert base["run_config"]["recipe"] == "2026" and base["total_batch_size"] == 512
+    assert base["model_config"]["window_pattern"] == "SSSL" and base["model_config"]["value_embeds"]
+    assert sft["source"].startswith("base/tiny/6") and sft["source"].endswith("optimizer moments too")
+    assert "bestfit packing" in out and "packed rows per step" in out
+    assert {"val_bpb", "chatcore"} <= set(sft["metrics"])
+    assert "SFT" in (home / "report" / "report.md").read_text()
