@@ -210,3 +210,24 @@ def test_the_2026_recipe_trains_base_then_sft_from_base(home, capsys):
     assert "bestfit packing" in out and "packed rows per step" in out
     assert {"val_bpb", "chatcore"} <= set(sft["metrics"])
     assert "SFT" in (home / "report" / "report.md").read_text()
+
+    # SFT's packed rows and warm-started optimizer resume exactly: a crash after step 2, then --resume.
+    common = ["--stage=sft", "--recipe=2026", "--source_tag=tiny", "--sft.num_iterations=3", "--checkpoint.save_every=2",
+              "--sft.metrics_every=100", "--sft.metrics_max_generative=1"]
+    assert run(*common, "--tag=straight") == 0
+    original_save = StageCheckpointer.save
+
+    def save_then_crash(self, step, *args, **kwargs):
+        original_save(self, step, *args, **kwargs)
+        if step == 2:
+            self.wait()
+            raise KeyboardInterrupt
+
+    StageCheckpointer.save = save_then_crash
+    try:
+        assert run(*common, "--tag=crashed") == 130
+    finally:
+        StageCheckpointer.save = original_save
+    assert run(*common, "--tag=crashed", "--resume") == 0
+    for a, b in zip(_leaves(params_of("sft", "straight")), _leaves(params_of("sft", "crashed"))):
+        np.testing.assert_array_equal(a, b)
