@@ -7,7 +7,9 @@ Each check runs in its own process (so peak device memory is its own) and prints
 
 1. d20 train step, bf16, 32 × 2048 tokens, no remat: tok/s, MFU against the datasheet, peak memory
    measured and as XLA's compiled analysis planned it (what ``jaxchat.fit`` chooses batches by).
-2. d26 train step, 16 × 2048, no remat (configs/d26.toml): the same.
+2. d26 train step, 16 × 2048, no remat (configs/d26.toml): the same; and the 2026 recipe's d24
+   (configs/gpt2_1gpu.toml: its model and optimizer, cuDNN with sliding windows), 16 × 2048: its
+   measured MFU is what runs/gpt2_1gpu.sh's expected time should use instead of the assumed 40 %.
 3. ``python -m jaxchat.plan --target=this`` for d20 with ``device_batch_size=auto``: the batch and remat
    jaxchat.fit picks on this GPU and the compiled peak (compare with check 1's measured peak).
 4. KV-cache decode at d20 (vocab 65,536, context 2048), batch 1 and 32: decode tok/s, TTFT.
@@ -38,8 +40,9 @@ PY = sys.executable
 
 # (depth, seq, rows, vocab, remat) of the train-step checks; --smoke shrinks them.
 FULL = {"d20": (20, 2048, 32, 65536, False), "d26": (26, 2048, 16, 65536, False),
+        "d24_2026": (24, 2048, 16, 32768, False),
         "decode": (20, 65536, 2048), "base": ("configs/d12.toml", 2048, 32, 8192)}
-SMOKE = {"d20": (2, 128, 4, 1024, False), "d26": (2, 128, 2, 1024, True),
+SMOKE = {"d20": (2, 128, 4, 1024, False), "d26": (2, 128, 2, 1024, True), "d24_2026": (2, 128, 2, 1024, False),
          "decode": (2, 1024, 256), "base": ("configs/tiny.toml", 64, 4, 1024)}
 GIB = 1 << 30
 
@@ -55,16 +58,17 @@ def sh(args: list[str], env: dict, timeout: int) -> str:
     return out
 
 
-def train_step(name: str, sizes, env, tmp: Path) -> str:
+def train_step(name: str, sizes, env, tmp: Path, recipe: str = "2025") -> str:
     depth, seq, rows, vocab, remat = sizes
     out = tmp / f"{name}.json"
     sh([PY, "benchmarks/train_step.py", "--depth", str(depth), "--seq", str(seq), "--batch", str(rows),
-        "--vocab", str(vocab), "--steps", "5", "--rounds", "1", "--json", str(out), *(["--remat"] if remat else [])],
-       env, timeout=600)
+        "--vocab", str(vocab), "--steps", "5", "--rounds", "1", "--json", str(out), "--recipe", recipe,
+        *(["--remat"] if remat else [])], env, timeout=600)
     r = json.loads(out.read_text())
     memory = (f"{r['peak_bytes'] / GIB:.1f} GiB (planned {r['planned_bytes'] / GIB:.1f})" if r["peak_bytes"]
               else f"n/a (CPU; planned {r['planned_bytes'] / GIB:.2f} GiB)")
-    return (f"| d{depth} train step, {rows}×{seq}{', remat' if remat else ''} | {r['tok_s']:,.0f} tok/s, "
+    return (f"| d{depth}{' (2026 recipe)' if recipe == '2026' else ''} train step, {rows}×{seq}"
+            f"{', remat' if remat else ''} | {r['tok_s']:,.0f} tok/s, "
             f"MFU {r['mfu']:.1%}, peak {memory} | {r['step_ms']:.0f} ms/step; compile+2 steps "
             f"{r['compile_s']:.0f} s; {r['runtime']} |")
 
@@ -150,6 +154,7 @@ def main(argv=None) -> int:
                "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
         checks = [("d20", lambda: train_step("d20", sizes["d20"], env, tmp)),
                   ("d26", lambda: train_step("d26", sizes["d26"], env, tmp)),
+                  ("d24_2026", lambda: train_step("d24_2026", sizes["d24_2026"], env, tmp, recipe="2026")),
                   ("plan", lambda: plan_auto("configs/tiny.toml" if args.smoke else "configs/d20.toml", env)),
                   ("decode", lambda: decode(sizes["decode"], env, tmp)),
                   ("base", lambda: base_and_resume(sizes["base"], env, tmp / "home")),

@@ -1,6 +1,7 @@
 """Throughput and MFU of the jitted train step (model + nanochat optimizer), for one shape.
 
     python benchmarks/train_step.py --depth 4 --seq 512 --batch 8 --vocab 8192
+    python benchmarks/train_step.py --recipe 2026 --depth 4 --seq 512 --batch 8   # nanochat 92d63d4's model + optimizer
 
 MFU = FLOPs/token (docs/DESIGN.md §3, ``estimate_flops``) × tokens/s ÷ peak. The peak is measured in the same
 run on CPU (best of several float32 square matmuls) and is the bf16 dense datasheet figure on GPU
@@ -23,11 +24,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxchat import GPT, GPTConfig, estimate_flops, fit, num_params, runtime
-from jaxchat.config import ModelSection
+from jaxchat.config import ModelSection, initial
 from jaxchat.host_memory import retain_freed_host_memory
 from jaxchat.model import split_params
-from jaxchat.optim import OptimConfig, make_optimizer, muon_momentum_warmup
 from jaxchat.training import init_train_state, make_train_step
+from jaxchat.training.build import Scaling, build_optimizer
 
 
 def best_time(fn, repeats: int) -> float:
@@ -72,15 +73,18 @@ def main(argv=None):
                         help="compute dtype (auto: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--attention", choices=["auto", "blocked", "xla", "cudnn"], default="auto")
     parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--recipe", choices=["2025", "2026"], default="2025",
+                        help="the model and base-training optimizer of this recipe (2026: nanochat 92d63d4's)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round (after 2 warm-up steps)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of peak and step timing")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
     plan = runtime.for_this_machine(ModelSection(dtype=args.dtype, attention=args.attention, remat=args.remat))
-    config = GPTConfig.from_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq)
+    cfg = initial(args.recipe)
+    config = GPTConfig.for_recipe(args.recipe, args.depth, args.vocab, args.seq, cfg.model.window_pattern)
     graphdef, params = split_params(GPT(config, runtime=plan, rngs=nnx.Rngs(0)))
-    tx = make_optimizer(params, config.n_embd, OptimConfig(), 1.0, muon_momentum_warmup())
+    tx = build_optimizer(params, config, cfg, "base", runtime=plan, scaling=Scaling(num_steps=1000))
     train_step = make_train_step(graphdef, tx)
     state = init_train_state(params, tx)
     tokens = jax.random.randint(jax.random.key(0), (args.accum, args.batch, args.seq + 1), 0, args.vocab)
@@ -109,7 +113,7 @@ def main(argv=None):
     tok_s = tokens_per_step / step_s
     mfu = flops_per_token * tok_s / peak
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; runtime: {plan.describe()}")
-    print(f"model: depth {args.depth}, {num_params(config):,} params, {flops_per_token / 1e6:.1f} MFLOP/token")
+    print(f"model: depth {args.depth} ({args.recipe} recipe), {num_params(config):,} params, {flops_per_token / 1e6:.1f} MFLOP/token")
     print(f"peak: {peak / 1e9:.0f} GFLOP/s ({peak_source}, best of {args.rounds} rounds)")
     print(f"compile+2 steps: {compile_s:.1f} s")
     print("| depth | seq | batch×accum | dtype | step (ms) | tok/s | MFU |")
