@@ -153,6 +153,19 @@ def test_bpb_and_loss_errors(model):
         bpb.evaluate_loss(graphdef, params, [no_targets])
 
 
+def test_bpb_of_a_model_with_a_padded_vocabulary():
+    """A 2026 model pads wte to a multiple of 64 rows; token_bytes covers the real vocabulary."""
+    from flax import nnx
+
+    from jaxchat.model import GPT, GPTConfig
+
+    config = GPTConfig.from_depth_2026(1, vocab_size=300, sequence_len=64)
+    assert config.padded_vocab_size == 320
+    graphdef, params = split_params(GPT(config, rngs=nnx.Rngs(0)))
+    value = bpb.evaluate_bpb(graphdef, params, hand_batches(300, [1, 2, 3]), np.ones(300, np.int32))
+    assert math.isfinite(value) and value > 0
+
+
 # ---- CORE: bundle, data order, prompts -----------------------------------------------------------
 
 

@@ -62,12 +62,13 @@ def _arrays(batch: Batch, index: int) -> tuple[Any, Any]:
     return inputs, targets
 
 
-def _check_vocab(params: Any, token_bytes: np.ndarray) -> None:
-    """token_bytes must cover the model's vocabulary (a mismatch means another tokenizer)."""
+def _check_vocab(graphdef: nnx.GraphDef, params: Any, token_bytes: np.ndarray) -> None:
+    """token_bytes must cover the model's vocabulary (a mismatch means another tokenizer). The
+    vocabulary is the config's, not wte's rows, which a 2026 model pads to a multiple of 64."""
     try:
-        vocab = params["wte"]["embedding"].shape[0]
-    except (KeyError, TypeError, AttributeError):
-        return  # not a plain GPT param dict: nothing to check against
+        vocab = nnx.merge(graphdef, params).config.vocab_size
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return  # not a jaxchat GPT: nothing to check against
     if token_bytes.shape != (vocab,):
         raise JaxchatError(
             f"token_bytes has shape {token_bytes.shape}, expected ({vocab},) for the model's vocabulary; "
@@ -89,7 +90,7 @@ def evaluate_bpb(graphdef: nnx.GraphDef, params: Any, batches: Iterable[Batch], 
     JaxchatError when no batch holds such a target.
     """
     token_bytes = np.asarray(token_bytes)
-    _check_vocab(params, token_bytes)
+    _check_vocab(graphdef, params, token_bytes)
     table = jnp.asarray(token_bytes, jnp.int32)
     totals = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
     for i, batch in enumerate(batches):
