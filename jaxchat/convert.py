@@ -58,7 +58,7 @@ class Export:
     stage: str = "sft"  # the jaxchat checkpoint to export
     tag: str = ""  # default: the latest tag
     step: int = -1  # -1: the latest
-    overwrite: bool = False  # replace existing files in OUT (export-nanochat)
+    overwrite: bool = False  # replace existing files in OUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,8 @@ class ImportHF:
     stage: str = "sft"  # the jaxchat stage to write
     tag: str = ""  # required
     step: int = 0  # the step number to give it
+    replace_tokenizer: bool = False  # replace a different tokenizer in $JAXCHAT_HOME that checkpoints use (kept as tokenizer.old-<fp>/)
+    overwrite: bool = False  # replace an existing jaxchat checkpoint of that step
 
 
 def _step(value: int) -> int | None:
@@ -75,7 +77,7 @@ def _step(value: int) -> int | None:
 
 
 def import_nanochat(path: Path, c: ImportNanochat) -> str:
-    from jaxchat.interop.nanochat import import_nanochat as run
+    from jaxchat.interop.nanochat import import_nanochat as run  # lazy: JAX, Orbax; --help needs neither
 
     _require(c, "stage", "tag")
     where = run(path, c.stage, c.tag, _step(c.step), tokenizer_dir=c.tokenizer or None,
@@ -84,24 +86,26 @@ def import_nanochat(path: Path, c: ImportNanochat) -> str:
 
 
 def export_nanochat(path: Path, c: Export) -> str:
-    from jaxchat.interop.nanochat import export_nanochat as run
+    from jaxchat.interop.nanochat import export_nanochat as run  # lazy: JAX, Orbax; --help needs neither
 
     return f"exported → {run(path, c.stage, c.tag or None, _step(c.step), overwrite=c.overwrite)}"
 
 
 def export_hf(path: Path, c: Export) -> str:
-    from jaxchat.interop.hf import export_hf_checkpoint
+    from jaxchat.interop.hf import export_hf_checkpoint  # lazy: JAX, Orbax; --help needs neither
 
-    where = export_hf_checkpoint(path, c.stage, c.tag or None, _step(c.step))
+    where = export_hf_checkpoint(path, c.stage, c.tag or None, _step(c.step), overwrite=c.overwrite)
     return (f"exported → {where}; load it with transformers: AutoModelForCausalLM.from_pretrained({str(where)!r}) "
             f"and AutoTokenizer.from_pretrained({str(where)!r})")
 
 
 def import_hf(path: Path, c: ImportHF) -> str:
-    from jaxchat.interop.hf import import_hf_checkpoint
+    from jaxchat.interop.hf import import_hf_checkpoint  # lazy: JAX, Orbax; --help needs neither
 
     _require(c, "tag")
-    return f"imported {path} → {import_hf_checkpoint(path, c.stage, c.tag, step=c.step)}"
+    where = import_hf_checkpoint(path, c.stage, c.tag, step=c.step, replace_tokenizer=c.replace_tokenizer,
+                                 overwrite=c.overwrite)
+    return f"imported {path} → {where}"
 
 
 COMMANDS: dict[str, tuple[type, Callable[[Path, Any], str]]] = {
