@@ -50,3 +50,18 @@ def test_bad_command_lines_are_one_line(home, capsys, argv, message):
     assert convert.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_stage_fine_tunes_an_imported_checkpoint(home, capsys, monkeypatch):
+    """train.py --source_tag starts from an import like from its own base checkpoint."""
+    import train
+    from jaxchat.checkpoint import find_checkpoint, read_meta
+    from tests.fixtures.tasks import write_task_cache
+
+    write_task_cache(home)
+    assert convert.main(["import-nanochat", str(FIXTURES / "nanochat_16788ee"), "--stage=base", "--tag=d2"]) == 0
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert train.main(["--stage=mid", "--config", "configs/tiny.toml", "--source_tag=d2", "--tag=d2_mid",
+                       "--mid.num_iterations=2", "--mid.eval_every=100", "--tokenizer.vocab_size=300"]) == 0
+    assert find_checkpoint("mid", "d2_mid")[1] == 2
+    assert read_meta("mid", "d2_mid")["source"].startswith("base/d2/3")
