@@ -200,7 +200,8 @@ class Stage:
         out = {f"{name.lower().replace('-', '_')}_acc": acc for name, acc in results.items()}
         if set(names) == set(CHATCORE_TASKS):
             out["chatcore"] = chatcore(results)
-            out["chatcore_cat"] = chatcore({k: v for k, v in results.items() if k in ("ARC-Easy", "ARC-Challenge", "MMLU")})
+            categorical = ("ARC-Easy", "ARC-Challenge", "MMLU")
+            out["chatcore_cat"] = chatcore({k: v for k, v in results.items() if k in categorical})
         return out
 
     # ---- the run ----------------------------------------------------------------------------------
