@@ -18,7 +18,8 @@ from jaxchat.data.chat import default_buckets, mid_dataset, sft_dataset
 from jaxchat.data.prefetch import device_prefetch, split_microbatches
 from jaxchat.data.pretrain import pretrain_dataset, val_batches
 from jaxchat.data.shards import iter_texts, list_shards, split_shards
-from jaxchat.tasks import Task, mid_train_mixture, sft_train_mixture
+from jaxchat.tasks import mid_train_mixture, sft_train_mixture
+from tests.fixtures.tasks import ListTask
 
 ROWS, SEQ = 4, 63  # windows of 64 tokens
 
@@ -50,26 +51,6 @@ def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
 def roundtrip(state):
     """What a checkpoint does to the state: JSON and back."""
     return json.loads(json.dumps(state))
-
-
-class ListTask(Task):
-    """A task over an in-memory list; ``None`` entries are bad rows (the task raises its own error)."""
-
-    def __init__(self, conversations):
-        super().__init__()
-        self.conversations = conversations
-
-    @property
-    def eval_type(self) -> str:
-        return "generative"
-
-    def num_examples(self) -> int:
-        return len(self.conversations)
-
-    def get_example(self, index: int):
-        if self.conversations[index] is None:
-            raise JaxchatError(f"listtask.jsonl line {index + 1}: bad row")
-        return self.conversations[index]
 
 
 def varied_conversations(n: int, seed: int = 0, long_every: int = 9) -> list[dict]:

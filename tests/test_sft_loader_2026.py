@@ -12,9 +12,9 @@ import pytest
 from jaxchat.common import JaxchatError
 from jaxchat.data.chat import ChatDataset
 from jaxchat.data.chat_bestfit import RENDER_MAX_TOKENS, sft_bestfit_dataset
-from jaxchat.tasks import Task
 from tests.fixtures import loader_parity as lp
 from tests.fixtures import sft_loader_parity as sp
+from tests.fixtures.tasks import ListTask
 
 
 def roundtrip(state):
@@ -31,26 +31,6 @@ def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
                 np.testing.assert_array_equal(x[key], y[key], err_msg=key)
             else:
                 assert x[key] == y[key], key
-
-
-class ListTask(Task):
-    """A task over an in-memory list; ``None`` entries are bad rows (the task raises its own error)."""
-
-    def __init__(self, conversations):
-        super().__init__()
-        self.conversations = conversations
-
-    @property
-    def eval_type(self) -> str:
-        return "generative"
-
-    def num_examples(self) -> int:
-        return len(self.conversations)
-
-    def get_example(self, index: int):
-        if self.conversations[index] is None:
-            raise JaxchatError(f"listtask.jsonl line {index + 1}: bad row")
-        return self.conversations[index]
 
 
 def reference_epoch(convs, tok, rows, seq_len, buffer_size):
