@@ -211,7 +211,15 @@ def test_the_2026_recipe_trains_base_then_sft_from_base(home, capsys):
     assert {"val_bpb", "chatcore"} <= set(sft["metrics"])
     assert "SFT" in (home / "report" / "report.md").read_text()
 
-    # SFT's packed rows and warm-started optimizer resume exactly: a crash after step 2, then --resume.
+
+@pytest.mark.slow  # ~40 s: three more SFT runs
+def test_the_2026_recipes_sft_resumes_exactly(home, capsys):
+    """SFT's packed rows and warm-started optimizer resume exactly: a crash after step 2, then --resume."""
+    import shutil
+
+    shutil.move(str(home / "base_data"), str(home / "base_data_climbmix"))
+    assert run("--stage=tokenizer", "--recipe=2026") == 0
+    assert run("--stage=base", "--recipe=2026", "--base.eval_every=100") == 0
     common = ["--stage=sft", "--recipe=2026", "--source_tag=tiny", "--sft.num_iterations=3", "--checkpoint.save_every=2",
               "--sft.metrics_every=100", "--sft.metrics_max_generative=1"]
     assert run(*common, "--tag=straight") == 0
