@@ -597,8 +597,30 @@ def equal_time_lines(r: dict) -> list[str]:
     return lines + [""]
 
 
+def note_lines(r: dict) -> list[str]:
+    """What to keep in mind reading the numbers (true of every run at this size)."""
+    a = r["args"]
+    scale = math.sqrt(a["total_batch"] / 2**19)
+    return ["How to read them:", "",
+            "- The curves are close for the first ~20 steps (the LR is still warming up); then the init largely "
+            "decides when a run leaves the early plateau, and one seed can lag the others by most of a nat for "
+            "100 steps. A handful of seeds per side can therefore only rule out differences larger than that "
+            "spread; a sharp test of the training step is the same init on both sides, not this benchmark.",
+            "- nanochat's logged loss is one micro-batch of two, so its raw per-step curve is noisier; the EMA "
+            "hides most of that, and val bpb is measured identically on both sides.",
+            "- Tokens/s compares whole training steps as each program runs them: nanochat's step includes its "
+            "data loading (best-fit packing and tokenising in the training loop), jaxchat's loads the next batch "
+            "in the background. The figure moves with the other jobs on the machine (see the share of the cores).",
+            "- At this size the equal-time comparison favours the seed recipe's settings: at "
+            f"{a['total_batch']:,} tokens a step the 2026 recipe multiplies its LRs by √(B/2¹⁹) = {scale:.3f}, "
+            "warms them up over 40 steps and decays them over the last 65 %, while the "
+            "seed recipe uses its LRs unscaled from step 1 with a 20 % warmdown. nanochat tuned the 2026 recipe "
+            "for batches of 2¹⁹–2²⁰ tokens and runs of thousands of steps; this benchmark does not say how the "
+            "two recipes compare there.", ""]
+
+
 def render_markdown(r: dict) -> str:
-    lines = [*setup_lines(r), *curve_lines(r), *throughput_lines(r), *equal_time_lines(r),
+    lines = [*setup_lines(r), *curve_lines(r), *throughput_lines(r), *equal_time_lines(r), *note_lines(r),
              "Conclusions (measured in this run):", "", *(f"- {c}" for c in r["conclusions"]), ""]
     return "\n".join(lines)
 
