@@ -133,7 +133,7 @@ class ChatEvalSection:
     tasks: str = "all"  # all, or comma-separated: ARC-Easy,ARC-Challenge,MMLU,GSM8K,HumanEval,SpellingBee
     max_problems: int = -1  # per task; -1 = all
     max_new_tokens: int = 512  # per completion of a generative task
-    batch_size: int = 8  # prompts per batch of a categorical task
+    batch_size: int = 8  # prompts per device in a batch of a categorical task
     num_samples: int = 1  # completions per generative problem; it passes when any does (pass@k)
     temperature: float = 0.0  # generative tasks; 0 = greedy
     top_k: int = 50  # generative tasks: sample from the k likeliest tokens; 0 = the whole vocabulary
@@ -153,6 +153,23 @@ class SamplingSection:
 class CheckpointSection:
     save_every: int = -1  # also save every N steps (-1: only at the end of the stage)
     keep_last: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection:
+    """How the devices share the work (jaxchat/sharding.py): every device takes its own rows of a batch."""
+
+    fsdp: int = 1  # devices that split each parameter and its optimizer state (ZeRO-3); 1: plain data parallelism
+
+
+@dataclasses.dataclass(frozen=True)
+class DistSection:
+    """Several processes (hosts) training one model on JAX's distributed runtime (jaxchat/distributed.py)."""
+
+    coordinator: str = ""  # host:port of process 0; empty: one process (unless auto)
+    num_processes: int = 1  # with coordinator: how many processes take part
+    process_id: int = 0  # with coordinator: this process's number, 0 … num_processes − 1
+    auto: bool = False  # let JAX detect the cluster (SLURM, Open MPI, …) and start jax.distributed from it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +202,8 @@ class RunConfig:
     chat_eval: ChatEvalSection = ChatEvalSection()
     checkpoint: CheckpointSection = CheckpointSection()
     data: DataSection = DataSection()
+    mesh: MeshSection = MeshSection()
+    dist: DistSection = DistSection()
 
     @property
     def run_tag(self) -> str:
@@ -240,10 +259,11 @@ _POSITIVE = {
     "mid.device_batch_size", "mid.total_batch_size", "mid.eval_tokens", "mid.task_scale",
     "sft.device_batch_size", "sft.examples_per_step", "sft.init_lr_frac", "sft.eval_steps",
     "sft.metrics_max_generative", "sft.mmlu_epochs", "sft.gsm8k_epochs", "sft.task_scale", "checkpoint.keep_last", "chat_eval.max_new_tokens",
-    "chat_eval.batch_size", "chat_eval.num_samples",
+    "chat_eval.batch_size", "chat_eval.num_samples", "mesh.fsdp", "dist.num_processes",
 }
 _NON_NEGATIVE = {"chat_eval.temperature", "chat_eval.top_k", "optim.embedding_lr", "optim.unembedding_lr",
-                 "optim.matrix_lr", "optim.scalar_lr", "optim.weight_decay", "optim.grad_clip", "base.warmup_steps"}
+                 "optim.matrix_lr", "optim.scalar_lr", "optim.weight_decay", "optim.grad_clip", "base.warmup_steps",
+                 "dist.process_id"}
 _UNIT_INTERVAL = {"base.warmup_ratio", "base.warmdown_ratio", "base.final_lr_frac"}
 _CHOICES = {"model.dtype": ("auto", "float32", "bfloat16"), "model.attention": ("auto", "blocked", "xla", "cudnn"),
             "base.packing": ("stream", "bestfit"), "sft.packing": ("rows", "bestfit"),
@@ -327,6 +347,8 @@ def validate(config: RunConfig, stage: str = "all") -> RunConfig:
             and config.sft.examples_per_step % config.sft.device_batch_size):
         raise JaxchatError(f"sft.examples_per_step={config.sft.examples_per_step} is not a multiple of "
                            f"sft.device_batch_size={config.sft.device_batch_size}")
+    if "dist" in sections:
+        _check_dist(config.dist)
     if "base" in sections and config.base.warmup_steps > 0 and config.base.warmup_ratio > 0:
         raise JaxchatError(f"base.warmup_steps={config.base.warmup_steps} and base.warmup_ratio="
                            f"{config.base.warmup_ratio:g} are both set; set one")
@@ -334,6 +356,22 @@ def validate(config: RunConfig, stage: str = "all") -> RunConfig:
         raise JaxchatError(f"base.warmup_ratio + base.warmdown_ratio = "
                            f"{config.base.warmup_ratio + config.base.warmdown_ratio:g}: must lie in [0, 1]")
     return config
+
+
+def _check_dist(dist: DistSection) -> None:
+    """The ``dist.*`` rules (jaxchat/distributed.py): one line naming the key and the value."""
+    from jaxchat.distributed import split_address  # the HOST:PORT rule, shared with the runtime
+
+    if dist.process_id >= dist.num_processes:
+        raise JaxchatError(f"dist.process_id={dist.process_id}: expected a number below dist.num_processes="
+                           f"{dist.num_processes} (0 … {dist.num_processes - 1})")
+    if dist.coordinator:
+        split_address(dist.coordinator)
+        if dist.auto:
+            raise JaxchatError(f"dist.coordinator={dist.coordinator} and dist.auto=true are both set; set one")
+    elif dist.num_processes > 1 and not dist.auto:
+        raise JaxchatError(f"dist.num_processes={dist.num_processes} needs dist.coordinator=HOST:PORT (process 0's "
+                           "address, the same on every process) or dist.auto=true")
 
 
 # ---- reading and overriding ----------------------------------------------------------------------

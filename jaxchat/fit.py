@@ -92,19 +92,21 @@ class Machine:
         return f"{human(self.budget)} usable ({SAFETY:.0%} of {human(self.limit)}, {self.where})"
 
 
-def for_target(name: str, model: Any = None) -> Machine:
-    """Compile-only ``name`` GPU (``jaxchat.targets``) running the model as a GPU run would."""
+def for_target(name: str, model: Any = None, *, devices: int = 1, fsdp: int = 1) -> Machine:
+    """``devices`` compile-only ``name`` GPUs (``jaxchat.targets``) in a ``data × fsdp`` mesh (``mesh.fsdp`` =
+    ``fsdp``), running the model as a GPU run would; the memory is one device's."""
     target = targets.get(name)
     plan = runtimes.resolve(model or ModelSection(), "gpu", target.description)
     limit = int(target.memory * runtimes.GPU_MEMORY_FRACTION)
-    return Machine(name=target.name, mesh=targets.mesh(target), runtime=plan, limit=limit,
+    return Machine(name=target.name, mesh=targets.mesh(target, devices, fsdp), runtime=plan, limit=limit,
                    where=f"{runtimes.GPU_MEMORY_FRACTION:.0%} of the {target.name}'s {human(target.memory)}")
 
 
-def this_machine(plan: Runtime, available: tuple[int | None, str] | None = None) -> Machine:
-    """This process's devices under ``plan``; ``available`` (bytes, where) overrides what they report."""
+def this_machine(plan: Runtime, available: tuple[int | None, str] | None = None, fsdp: int = 1) -> Machine:
+    """Every device of the run (``mesh.fsdp`` = ``fsdp``) under ``plan``; ``available`` (bytes, where)
+    overrides what they report."""
     limit, where = available if available is not None else memory_available(plan)
-    return Machine(name=jax.devices()[0].device_kind, mesh=sharding.make_mesh(), runtime=plan, limit=limit,
+    return Machine(name=jax.devices()[0].device_kind, mesh=sharding.make_mesh(fsdp), runtime=plan, limit=limit,
                    where=where)
 
 
@@ -119,7 +121,8 @@ def _placed(tree: Any, mesh: Mesh, spec: Any = None) -> Any:
 
 def train_step_memory(machine: Machine, model_config: GPTConfig, cfg: RunConfig, stage: str, *, rows: int,
                       seq: int, accum: int, remat: bool) -> Memory:
-    """Compile ``stage``'s train step for micro-batches of ``rows`` × ``seq`` tokens (``accum`` of them)."""
+    """Compile ``stage``'s train step for micro-batches of ``rows`` × ``seq`` tokens on each device
+    (``accum`` of them); the memory is one device's."""
     return _train_step_memory(machine, model_config, cfg, stage, rows, seq, accum, remat)
 
 
@@ -130,11 +133,13 @@ def _train_step_memory(machine: Machine, model_config: GPTConfig, cfg: RunConfig
     graphdef, params = build_model(model_config, cfg, plan, abstract=True)
     tx = build_optimizer(params, model_config, cfg, stage, runtime=plan)
     mesh = machine.mesh
-    state = _placed(abstract_state(params, tx), mesh)
-    batch = _placed({key: jax.ShapeDtypeStruct((accum, rows, seq), jnp.int32) for key in ("inputs", "targets")},
+    state = sharding.abstract_on(abstract_state(params, tx), mesh)
+    global_rows = rows * sharding.batch_devices(mesh)
+    batch = _placed({key: jax.ShapeDtypeStruct((accum, global_rows, seq), jnp.int32) for key in ("inputs", "targets")},
                     mesh, sharding.batch_sharding(mesh))
     lrm = _placed(jax.ShapeDtypeStruct((), jnp.float32), mesh)
-    lowered = make_train_step(graphdef, tx, mesh=mesh).lower(state, batch, lrm)
+    step = make_train_step(graphdef, tx, mesh=mesh, state_sharding=sharding.state_shardings(state, mesh))
+    lowered = step.lower(state, batch, lrm)
     return Memory.of(lowered.compile(compiler_options=machine.compiler_options))
 
 
@@ -176,9 +181,10 @@ class Fit:
     """A stage's device batch and remat on a machine, and what its compiled step needs."""
 
     stage: str
-    rows: int  # per micro-batch
+    rows: int  # per device and micro-batch
     seq: int
     accum: int
+    devices: int  # that split each micro-batch
     remat: bool
     memory: Memory
     machine: str
@@ -191,14 +197,15 @@ class Fit:
 
     def describe(self) -> str:
         how = "chosen to fit" if self.chosen else "as configured"
-        return (f"{self.rows} rows × {self.seq} × {self.accum} micro-batches, remat {'on' if self.remat else 'off'} "
+        spread = f" × {self.devices} devices" if self.devices > 1 else ""
+        return (f"{self.rows} rows × {self.seq} × {self.accum} micro-batches{spread}, remat {'on' if self.remat else 'off'} "
                 f"({how}): compiled step peaks at {human(self.memory.peak)}"
                 + ("" if self.budget is None else f" of {human(self.budget)} usable on {self.machine}"))
 
 
 def row_candidates(total_rows: int, devices: int = 1) -> list[int]:
-    """Rows per micro-batch that make up ``total_rows`` exactly and split evenly over ``devices``."""
-    return [r for r in range(devices, total_rows + 1, devices) if total_rows % r == 0]
+    """Rows per device and micro-batch that make up ``total_rows`` a step exactly on ``devices``."""
+    return [r for r in range(1, total_rows // devices + 1) if total_rows % (r * devices) == 0]
 
 
 def largest_fitting(candidates: Sequence[int], fits: Callable[[int], bool]) -> int | None:
@@ -230,11 +237,11 @@ def fit(stage: str, cfg: RunConfig, model_config: GPTConfig, machine: Machine,
     remat)`` defaults to compiling the step (tests inject their own)."""
     setting, total, seq = stage_shape(stage, cfg, model_config, source_meta)
     remat_options = (False, True) if cfg.model.remat == "auto" else (cfg.model.remat,)
-    devices = machine.mesh.devices.size
+    devices = sharding.batch_devices(machine.mesh)
     if measure is None:
         def measure(rows: int, remat: bool) -> Memory:
-            return train_step_memory(machine, model_config, cfg, stage, rows=rows, seq=seq, accum=total // rows,
-                                     remat=remat)
+            return train_step_memory(machine, model_config, cfg, stage, rows=rows, seq=seq,
+                                     accum=total // (rows * devices), remat=remat)
     measure = functools.lru_cache(maxsize=None)(measure)
     budget = machine.budget
     candidates = row_candidates(total, devices) if setting == "auto" else [setting]
@@ -242,7 +249,8 @@ def fit(stage: str, cfg: RunConfig, model_config: GPTConfig, machine: Machine,
         raise JaxchatError(f"{stage}: {total} rows per step cannot be split over {devices} devices")
 
     def result(rows: int, remat: bool, chosen: bool) -> Fit:
-        return Fit(stage, rows, seq, total // rows, remat, measure(rows, remat), machine.name, budget, chosen)
+        return Fit(stage, rows, seq, total // (rows * devices), devices, remat, measure(rows, remat), machine.name,
+                   budget, chosen)
 
     if setting != "auto" and len(remat_options) == 1:
         return result(setting, remat_options[0], chosen=False)

@@ -9,6 +9,12 @@ assumed MFU. Then the engine's prefill and decode and the eval forward. Nothing 
     python -m jaxchat.plan --config configs/d20_24gb.toml              # the preset's own target
     python -m jaxchat.plan --model.depth=26 --target=a100-40gb --base.device_batch_size=auto
     python -m jaxchat.plan --config configs/d20.toml --target=this     # this machine's device
+    python -m jaxchat.plan --config configs/d20.toml --devices=8 --mesh.fsdp=8   # 8 H100s, FSDP over all 8
+
+With ``--devices`` (a named target) or ``mesh.fsdp`` the step compiles for a ``data × fsdp`` mesh of
+that many cards (default: ``mesh.fsdp`` of them, so one unless set): parameters and optimizer state
+split ``mesh.fsdp`` ways, each device taking its own rows of every batch; memory is one device's and
+the expected times divide the work over all of them. ``--target=this`` plans for every device here.
 
 Named targets (jaxchat/targets): a100-80gb, h100-80gb, a100-40gb, rtx4090-24gb, rtx4080-16gb,
 rtx4070-12gb. Planning for one needs XLA's GPU compiler (``pip install -e '.[cuda12]'``), not a GPU.
@@ -18,12 +24,13 @@ Every key of ``python train.py --help`` is accepted as well.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 
 import jax
 
-from jaxchat import cli, fit, runtime, targets
+from jaxchat import cli, fit, runtime, sharding, targets
 from jaxchat.common import JaxchatError
 from jaxchat.config import RunConfig, build, override, parse_overrides, stages_run, validate
 from jaxchat.model import estimate_flops, num_params
@@ -43,6 +50,7 @@ class PlanOptions:
     stages: str = "recipe"  # comma-separated training stages to plan; recipe: the recipe's (2025: base,mid,sft; 2026: base,sft)
     mfu: float = DEFAULT_MFU  # model FLOPs utilisation assumed for the expected times
     inference: bool = True  # also compile the engine's prefill/decode and the eval forward
+    devices: int = 0  # named target: how many cards (0: mesh.fsdp of them); with --target=this, all of this machine's
 
 
 def parse(argv: Sequence[str]) -> tuple[RunConfig, PlanOptions, str]:
@@ -57,6 +65,13 @@ def parse(argv: Sequence[str]) -> tuple[RunConfig, PlanOptions, str]:
     cfg = validate(build(preset, options, prog=PROG))
     if not 0 < plan.mfu <= 1:
         raise JaxchatError(f"mfu={plan.mfu}: expected a fraction in (0, 1]")
+    if plan.devices < 0:
+        raise JaxchatError(f"devices={plan.devices}: expected a positive number of cards (0: mesh.fsdp of them)")
+    if target == "this" and plan.devices:
+        raise JaxchatError(f"devices={plan.devices}: --target=this plans for every device of this machine; "
+                           "--devices is for a named target")
+    if target != "this" and plan.devices and plan.devices % cfg.mesh.fsdp:
+        raise JaxchatError(f"mesh.fsdp={cfg.mesh.fsdp}: expected a positive divisor of the {plan.devices} devices")
     training = [name for name in stages_run("all", cfg.recipe) if name in ("base", "mid", "sft")]
     if plan.stages == "recipe":
         plan = dataclasses.replace(plan, stages=",".join(training))
@@ -88,14 +103,18 @@ def stage_steps(stage: str, cfg: RunConfig, model_config) -> tuple[int | None, i
 
 def run(cfg: RunConfig, options: PlanOptions, target: str) -> int:
     """Print the plan (see the module docstring)."""
+    fsdp = cfg.mesh.fsdp
     if target == "this":
-        machine = fit.this_machine(runtime.for_this_machine(cfg.model))
+        machine = fit.this_machine(runtime.for_this_machine(cfg.model), fsdp=fsdp)
         peak = machine.runtime.peak_flops
         where = f"this machine: {machine.name}"
     else:
-        machine = fit.for_target(target, cfg.model)
+        machine = fit.for_target(target, cfg.model, devices=options.devices or fsdp, fsdp=fsdp)
         peak = targets.get(target).peak_flops
         where = f"{target} ({targets.get(target).description}), compiled without a GPU"
+    devices = sharding.batch_devices(machine.mesh)
+    if devices > 1:
+        where = f"{devices} × {where}"
     vocab = cfg.tokenizer.vocab_size
     model_config = recipe_model(cfg, vocab)
     flops = estimate_flops(model_config)
@@ -105,25 +124,42 @@ def run(cfg: RunConfig, options: PlanOptions, target: str) -> int:
     def size(tree) -> int:
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
+    def held(tree) -> str:
+        """A tree's bytes, and one device's share of them in the mesh's layout when it splits them."""
+        if fsdp == 1:
+            return f"{human(size(tree))} (float32)"
+        placed = sharding.abstract_on(tree, machine.mesh)
+        share = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(placed))
+        return f"{human(size(tree))} (float32), {human(share)} per device (mesh.fsdp={fsdp})"
+
     print(f"plan for {where}")
     rows = [
         ("model", f"depth {model_config.n_layer}, width {model_config.n_embd}, {model_config.n_head} heads, "
                   f"vocab {vocab:,}, context {model_config.sequence_len}: {num_params(model_config):,} parameters"),
         ("runtime", machine.runtime.describe()),
+        *([("devices", f"{devices}: data {devices // fsdp} × fsdp {fsdp} (memory below is one device's)")]
+          if devices > 1 else []),
         ("memory", machine.describe_budget()),
-        ("parameters", f"{human(size(state.params))} (float32)"),
-        ("optimizer state", f"{human(size(state.opt_state))} (float32)"),
+        ("parameters", held(state.params)),
+        ("optimizer state", held(state.opt_state)),
         ("FLOPs/token", f"{flops:.3e} (training: 6 × matmul params + attention)"),
-        ("assumed MFU", f"{options.mfu:.0%} of {peak / 1e12:.0f} TFLOP/s" if peak else "no peak known"),
+        ("assumed MFU", f"{options.mfu:.0%} of {peak / 1e12:.0f} TFLOP/s" + (f" per device × {devices}" if devices > 1
+                                                                          else "") if peak else "no peak known"),
     ]
     print(_table(rows))
     header = ("stage", "device batch", "remat", "temporaries", "peak", "fits", "steps × tokens", "expected time")
     lines = []
     for stage in options.stages.split(","):
         chosen = fit.fit(stage, cfg, model_config, machine)
+        _, total, _ = fit.stage_shape(stage, cfg, model_config)
+        if chosen.rows * devices * chosen.accum != total:  # a configured device batch the devices cannot share
+            raise JaxchatError(f"{stage}.device_batch_size={chosen.rows}: {total} rows a step do not split into "
+                               f"micro-batches of {chosen.rows} rows × {devices} devices; expected a divisor of "
+                               f"{total // devices} (rows per device a step), or auto")
         steps, tokens, how = stage_steps(stage, cfg, model_config)
-        time = (hours(flops * steps * tokens, peak, options.mfu) if steps else
-                f"{hours(flops * 1000 * tokens, peak, options.mfu)} per 1,000 steps")
+        all_peak = peak * devices if peak else peak  # the work is split over every device
+        time = (hours(flops * steps * tokens, all_peak, options.mfu) if steps else
+                f"{hours(flops * 1000 * tokens, all_peak, options.mfu)} per 1,000 steps")
         lines.append((stage, f"{chosen.rows} × {chosen.seq} × {chosen.accum}" + (" (auto)" if chosen.chosen else ""),
                       "on" if chosen.remat else "off", human(chosen.memory.temporaries), human(chosen.memory.peak),
                       "yes" if chosen.fits else "NO", f"{steps:,} × {tokens:,}" if steps else how, time))

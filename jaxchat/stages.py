@@ -71,7 +71,7 @@ class StageSpec:
         return getattr(importlib.import_module(module), function)(cfg)
 
 
-_TRAINING = ("model", "tokenizer", "optim")  # + the stage's own section and checkpoint (vocab_size: jaxchat.preflight)
+_TRAINING = ("model", "tokenizer", "optim", "mesh", "dist")  # + the stage's own section and checkpoint (vocab_size: jaxchat.preflight)
 
 STAGES: tuple[StageSpec, ...] = (
     # The only stage that uses the network: the shards for the tokenizer's characters and base's horizon.
@@ -89,7 +89,7 @@ STAGES: tuple[StageSpec, ...] = (
               optimizer=OptimizerOverrides(lr_frac=_sft_lr, clip_gradients=False, muon_momentum=0.95),
               sections=(*_TRAINING, "sft", "checkpoint", "data")),
     StageSpec("chat_eval", "Chat evaluation", "jaxchat.recipe:chat_eval", in_all=False,  # all: after each stage
-              sections=("chat_eval", "data")),
+              sections=("chat_eval", "data", "mesh", "dist")),
     StageSpec("report", "Report", "jaxchat.recipe:report", sections=()),
 )
 

@@ -173,7 +173,7 @@ def test_preset_ints_stand_for_floats_and_metadata_is_typed_too(tmp_path):
 
 
 def test_every_stage_lists_the_sections_it_reads(monkeypatch):
-    every = ("model", "tokenizer", "optim", "base", "mid", "sft", "chat_eval", "checkpoint", "data")
+    every = ("model", "tokenizer", "optim", "base", "mid", "sft", "chat_eval", "checkpoint", "data", "mesh", "dist")
     assert all(set(spec.sections) <= set(every) for spec in stages.STAGES)  # every stage says what it reads
     assert sections_read("tokenizer") == ("tokenizer", "data") and sections_read("report") == ()
     assert sections_read("all") == every

@@ -24,7 +24,7 @@ GiB = 1 << 30
 def test_row_candidates_make_up_the_total_and_split_over_devices():
     assert fit.row_candidates(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
     assert fit.row_candidates(12) == [1, 2, 3, 4, 6, 12]
-    assert fit.row_candidates(32, devices=4) == [4, 8, 16, 32]
+    assert fit.row_candidates(32, devices=4) == [1, 2, 4, 8]  # rows per device: 4 × (1, 2, 4, 8) divide 32
     assert fit.row_candidates(6, devices=4) == []
 
 

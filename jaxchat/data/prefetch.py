@@ -25,8 +25,10 @@ import grain
 import jax
 import numpy as np
 from grain.experimental import ThreadPrefetchDatasetIterator
+from jax.sharding import NamedSharding
 
 from jaxchat.common import JaxchatError
+from jaxchat.sharding import put_batch
 
 
 def split_microbatches(batch: dict[str, Any], microbatches: int) -> dict[str, Any]:
@@ -61,7 +63,12 @@ class _DevicePutIterator(grain.DatasetIterator):
         if self._microbatches is not None:
             batch = split_microbatches(batch, self._microbatches)
         # device_put returns at once; the copy proceeds asynchronously, in this background thread's turn.
-        return {k: jax.device_put(v, self._sharding) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+        return {k: self._put(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+    def _put(self, value: np.ndarray) -> Any:
+        if isinstance(self._sharding, NamedSharding):  # every process puts only its own devices' rows
+            return put_batch(value, self._sharding, axis=0 if self._microbatches is None else 1)
+        return jax.device_put(value, self._sharding)
 
     def get_state(self) -> dict[str, Any]:
         return self._parent.get_state()

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxchat import sharding
+
 # Quintic Newton–Schulz coefficients (Keller Jordan / modded-nanogpt, as in nanochat).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7  # nanochat: X / (‖X‖_F + 1e-7)
@@ -109,7 +111,7 @@ def orthogonalise_batched(matrices: list[jax.Array], steps: int = 5, dtype: Any 
         groups.setdefault((w.shape[-2:], w.dtype), []).append(i)
     out: list[Any] = [None] * len(matrices)
     for (shape, _), members in groups.items():
-        stacked = jnp.concatenate([wide[i].reshape(-1, *shape) for i in members], axis=0)
+        stacked = sharding.constrain_stack(jnp.concatenate([wide[i].reshape(-1, *shape) for i in members], axis=0))
         ortho = newton_schulz(stacked, steps, dtype)
         offset = 0
         for i in members:

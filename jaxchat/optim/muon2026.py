@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxchat import sharding
+
 # Polar Express coefficients (num_iters=5, safety_factor=2e-2, cushion=2), arXiv:2505.16932, as in nanochat.
 POLAR_EXPRESS_COEFFS = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
@@ -165,7 +167,7 @@ def _orthogonalise_kernels(kernels: list[jax.Array], steps: int, dtype: Any, equ
         groups.setdefault(w.shape[-2:], []).append(i)
     out: list[Any] = [None] * len(kernels)
     for shape, members in groups.items():
-        stacked = jnp.concatenate([wide[i].reshape(-1, *shape) for i in members], axis=0)
+        stacked = sharding.constrain_stack(jnp.concatenate([wide[i].reshape(-1, *shape) for i in members], axis=0))
         ortho = polar_express(stacked, steps, dtype)
         offset = 0
         for i in members:

@@ -79,21 +79,24 @@ def compiler_available() -> bool:
         return False
 
 
-def mesh(target: Target, devices: int = 1):
-    """A 1-D ``data`` mesh of ``devices`` compile-only ``target`` GPUs (no GPU needed, only the plugin)."""
+def mesh(target: Target, devices: int = 1, fsdp: int = 1):
+    """The ``data × fsdp`` mesh (``jaxchat.sharding.make_mesh``: axes ``BATCH_AXES``, ``fsdp`` dividing
+    ``devices``) of ``devices`` compile-only ``target`` GPUs (no GPU needed, only the plugin)."""
     if not compiler_available():
         raise JaxchatError(f"planning for {target.name} compiles for a GPU, which needs XLA's GPU compiler: "
                            "pip install -e '.[cuda12]' (no GPU needed)")
     from jax.experimental import topologies  # lazy: JAX (config validation reads this module without it)
-    from jaxchat.sharding import DATA_AXIS
+    from jaxchat import sharding
 
+    if not isinstance(devices, int) or devices < 1:
+        raise JaxchatError(f"devices={devices}: expected a positive number of {target.name} GPUs")
     try:
         topology = topologies.get_topology_desc(platform="cuda", topology=f"1x1x{devices}",
                                                 target_config=target.spec)
     except NotImplementedError:  # the CUDA plugin failed to start (no GPU) because JAX tried it as a backend
         raise JaxchatError("XLA's GPU compiler did not load: without a GPU, set JAX_PLATFORMS=cpu before JAX "
                            "starts (python -m jaxchat.plan does)") from None
-    return topologies.make_mesh(topology, (devices,), (DATA_AXIS,))
+    return sharding.make_mesh(fsdp, topology.devices)  # JaxchatError unless fsdp divides devices
 
 
 def compile_only_process() -> None:

@@ -48,14 +48,15 @@ def train_base(cfg: RunConfig) -> dict[str, Any]:
     stage = Stage("base", cfg, model, tokenizer)
     stage.check_eval_bundle(section.core_every != 0)
     stage.init_fresh(base_plan.scaling)
-    rows = stage.fit_to_device()
-    if total_batch % (rows * seq):
-        raise JaxchatError(f"base.total_batch_size={total_batch} is not a multiple of {rows} rows × "
-                           f"model.sequence_len {seq} = {rows * seq}; set base.device_batch_size to a divisor")
-    accum = total_batch // (rows * seq)
-    data = pretrain_dataset(train_paths, tokenizer, rows=rows * accum, seq_len=seq, packing=section.packing)
-    val = list(val_batches(val_paths, tokenizer, rows=rows, seq_len=seq,
-                           num_batches=max(1, section.eval_tokens // (rows * seq)), packing=section.packing))
+    rows = stage.fit_to_device()  # per device
+    if total_batch % seq:
+        raise JaxchatError(f"base.total_batch_size={total_batch} is not a multiple of model.sequence_len {seq}")
+    accum = stage.micro_batches(total_batch // seq, rows,
+                                f"base.total_batch_size={total_batch:,} tokens ({total_batch // seq:,} rows of {seq})")
+    global_rows = rows * stage.devices  # one micro-batch over every device
+    data = pretrain_dataset(train_paths, tokenizer, rows=global_rows * accum, seq_len=seq, packing=section.packing)
+    val = list(val_batches(val_paths, tokenizer, rows=global_rows, seq_len=seq,
+                           num_batches=max(1, section.eval_tokens // (global_rows * seq)), packing=section.packing))
 
     stage.add_eval(section.eval_every, lambda state: {"val_bpb": stage.bpb(state, val)})
     if section.core_every != 0:
@@ -70,7 +71,7 @@ def train_base(cfg: RunConfig) -> dict[str, Any]:
         ("horizon", f"{num_steps:,} steps ({base_plan.horizon_source})"),
         ("tokens", f"{tokens:,} ({tokens / base_plan.counted_params:.1f} per {counted})"),
         ("batch", f"{total_batch:,} tokens{' (auto)' if section.total_batch_size == 'auto' else ''} = "
-                  f"{rows} rows × {seq} × {accum} micro-batches"),
+                  f"{rows} rows × {seq} × {accum} micro-batches{stage.per_device_text()}"),
         ("data", f"{len(train_paths)} {cfg.data.corpus} train shard(s), val = {val_paths[0].name}; "
                  f"{section.packing} packing"),
         ("corpus", describe_shards(train_paths)),

@@ -32,13 +32,16 @@ def train_mid(cfg: RunConfig) -> dict[str, Any]:
     stage = Stage("mid", cfg, None, tokenizer)
     stage.init_from_previous_stage()
     section, seq = cfg.mid, cfg.model.sequence_len
-    rows = stage.fit_to_device()
-    accum = section.total_batch_size // (rows * seq)
+    rows = stage.fit_to_device()  # per device
+    accum = stage.micro_batches(section.total_batch_size // seq, rows,
+                                f"mid.total_batch_size={section.total_batch_size:,} tokens "
+                                f"({section.total_batch_size // seq:,} rows of {seq})")
+    global_rows = rows * stage.devices  # one micro-batch over every device
     train_task = mid_train_mixture(scale=section.task_scale, offline=cfg.data.offline, custom_json=cfg.data.custom_json)
     val_task = mid_val_mixture(scale=section.task_scale, offline=cfg.data.offline)
-    data = mid_dataset(train_task, tokenizer, rows=rows * accum, seq_len=seq)
-    val = val_rows(mid_dataset(val_task, tokenizer, rows=rows, seq_len=seq),
-                   max(1, section.eval_tokens // (rows * seq)))
+    data = mid_dataset(train_task, tokenizer, rows=global_rows * accum, seq_len=seq)
+    val = val_rows(mid_dataset(val_task, tokenizer, rows=global_rows, seq_len=seq),
+                   max(1, section.eval_tokens // (global_rows * seq)))
     stage.add_eval(section.eval_every, lambda state: {"val_bpb": stage.bpb(state, val)})
 
     # docs/DESIGN.md §6 on the fraction of the run done: the epoch's progress, or the steps' when
@@ -56,7 +59,7 @@ def train_mid(cfg: RunConfig) -> dict[str, Any]:
         ("horizon", steps_text),
         ("train mixture", describe(train_task)),
         ("val mixture", f"{describe(val_task)}, {len(val)} batches for bpb"),
-        ("batch", f"{section.total_batch_size:,} tokens = {rows} rows × {seq} × {accum} micro-batches"),
+        ("batch", f"{section.total_batch_size:,} tokens = {rows} rows × {seq} × {accum} micro-batches{stage.per_device_text()}"),
     ]
     total_flops = (estimate_flops(stage.model_config) * section.num_iterations * section.total_batch_size
                    if section.num_iterations > 0 else None)

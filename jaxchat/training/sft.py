@@ -18,7 +18,6 @@ import math
 import sys
 from typing import Any
 
-from jaxchat.common import JaxchatError
 from jaxchat.config import RunConfig
 from jaxchat.data.chat import sft_dataset
 from jaxchat.data.chat_bestfit import sft_bestfit_dataset
@@ -37,12 +36,10 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
     section, seq = cfg.sft, cfg.model.sequence_len
     stage = Stage("sft", cfg, None, tokenizer)
     stage.init_from_previous_stage(load_optimizer=section.load_optimizer)
-    rows = stage.fit_to_device()
+    rows = stage.fit_to_device()  # per device
     total = rows_per_step("sft", cfg, stage.model_config, stage.source_meta)
-    if total % rows:
-        raise JaxchatError(f"sft: {total} rows per step (sft.examples_per_step) is not a multiple of "
-                           f"sft.device_batch_size={rows}")
-    accum = total // rows
+    accum = stage.micro_batches(total, rows, f"{total} rows per step (sft.examples_per_step)")
+    global_rows = rows * stage.devices  # one micro-batch over every device
     modern = cfg.recipe == "2026"
     if modern:
         train_task = sft_train_mixture_2026(section.mmlu_epochs, section.gsm8k_epochs, section.task_scale,
@@ -83,7 +80,7 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
 
     if modern:
         val_task = sft_val_mixture_2026(scale=section.task_scale, offline=cfg.data.offline)
-        val = val_rows(sft_bestfit_dataset(val_task, tokenizer, rows=rows, seq_len=seq), section.eval_steps)
+        val = val_rows(sft_bestfit_dataset(val_task, tokenizer, rows=global_rows, seq_len=seq), section.eval_steps)
         stage.add_eval(section.eval_every, lambda state: {"val_bpb": stage.bpb(state, val)})
         names, skipped = available_chat_eval_tasks(CHATCORE_TASKS)
         for name, reason in skipped.items():
@@ -95,7 +92,7 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
         metrics_text = f"ChatCORE every {section.metrics_every} steps ({', '.join(names) or 'no task in the cache'})"
     else:
         val = sft_val_tasks(scale=section.task_scale, offline=cfg.data.offline)
-        val_loss = val_rows(sft_dataset(val["loss"], tokenizer, rows=rows, seq_len=seq), section.eval_steps)
+        val_loss = val_rows(sft_dataset(val["loss"], tokenizer, rows=global_rows, seq_len=seq), section.eval_steps)
         stage.add_eval(section.eval_every, lambda state: {"val_loss": stage.loss(state, val_loss)})
         stage.add_eval(section.metrics_every, lambda state: {  # mmlu_acc, arc_easy_acc (offline: those in the cache)
             f"{name}_acc": stage.categorical_accuracy(state, task, section.metrics_max_problems)
@@ -105,7 +102,7 @@ def train_sft(cfg: RunConfig) -> dict[str, Any]:
         ("recipe", cfg.recipe),
         ("horizon", horizon),
         ("train mixture", f"{describe(train_task)}, {total} {'packed rows' if packed else 'conversations'} per step "
-                          f"({rows} rows × {accum} micro-batches)"),
+                          f"({rows} rows × {accum} micro-batches{stage.per_device_text()})"),
         ("LR", lr_text),
         ("evals", metrics_text),
     ]

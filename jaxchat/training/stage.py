@@ -25,7 +25,7 @@ from jaxchat.data.cache import EVAL_BUNDLE_DIR, download_command
 from jaxchat.data.prefetch import device_prefetch
 from jaxchat.engine import Engine
 from jaxchat.eval.bpb import evaluate_bpb, evaluate_loss
-from jaxchat.eval.chat import build_task, chatcore, run_categorical, run_generative
+from jaxchat.eval.chat import DeviceEngines, build_task, chatcore, run_categorical, run_generative
 from jaxchat.eval.core import evaluate_core
 from jaxchat.metrics_log import MetricsLogger
 from jaxchat.model import GPTConfig, estimate_flops, num_params
@@ -71,6 +71,9 @@ class Stage:
         self.runtime = plan or runtime.for_this_machine(cfg.model)
         self.model_config = model_config
         self.directory = checkpoint_dir(name, cfg.run_tag)
+        # Every device of every process; each takes device_batch_size rows of a micro-batch.
+        self.mesh = sharding.make_mesh(cfg.mesh.fsdp)
+        self.devices = sharding.batch_devices(self.mesh)
         global current_directory
         current_directory = self.directory
         steps = committed_steps(self.directory)
@@ -125,13 +128,13 @@ class Stage:
         graphdef, abstract = build_model(self.model_config, self.cfg, self.runtime, abstract=True)
         self.graphdef = graphdef
         if self.resume_step is None:  # on resume the params come from this stage's own checkpoint
-            self.params, _ = load_params(previous, tag, step, abstract_params=abstract)
+            self.params, _ = load_params(previous, tag, step, abstract_params=sharding.abstract_on(abstract, self.mesh))
         else:
             self.params = abstract
         self.tx = build_optimizer(self.params, self.model_config, self.cfg, self.name, runtime=self.runtime)
         if load_optimizer and self.resume_step is None:
-            self.warm_opt_state = load_opt_state(previous, tag, step,
-                                                 abstract_opt_state=abstract_state(abstract, self.tx).opt_state)
+            self.warm_opt_state = load_opt_state(previous, tag, step, abstract_opt_state=sharding.abstract_on(
+                abstract_state(abstract, self.tx).opt_state, self.mesh))
         self.source = f"{previous}/{tag}/{step} ({path})" + (", optimizer moments too" if load_optimizer else "")
 
     def fit_to_device(self) -> int:
@@ -141,7 +144,7 @@ class Stage:
         setting = getattr(self.cfg, self.name).device_batch_size
         if setting != "auto" and self.cfg.model.remat != "auto":
             return setting
-        chosen = fit.fit(self.name, self.cfg, self.model_config, fit.this_machine(self.runtime),
+        chosen = fit.fit(self.name, self.cfg, self.model_config, fit.this_machine(self.runtime, fsdp=self.cfg.mesh.fsdp),
                          source_meta=self.source_meta)
         if chosen.remat != self.runtime.remat:  # the params are the same; only the program changes
             self.runtime = dataclasses.replace(self.runtime, remat=chosen.remat)
@@ -160,20 +163,27 @@ class Stage:
     def add_eval(self, every: int, fn: Callable[[TrainState], dict[str, float]]) -> None:
         self.evals.append((every, fn))
 
+    # Every eval splits its work over the stage's mesh (all devices of all processes) with the params
+    # in their training layout, and returns the same number in every process (jaxchat.eval).
+
     def bpb(self, state: TrainState, batches: list[dict[str, np.ndarray]]) -> float:
-        return evaluate_bpb(self.graphdef, state.params, batches, self.tokenizer.token_bytes)
+        return evaluate_bpb(self.graphdef, state.params, batches, self.tokenizer.token_bytes, mesh=self.mesh)
 
     def loss(self, state: TrainState, batches: list[dict[str, np.ndarray]]) -> float:
-        return evaluate_loss(self.graphdef, state.params, batches)
+        return evaluate_loss(self.graphdef, state.params, batches, mesh=self.mesh)
 
     def core(self, state: TrainState, max_per_task: int) -> dict[str, float]:
         result = evaluate_core(self.graphdef, state.params, self.tokenizer, max_per_task=max_per_task,
-                               seq_len=self.model_config.sequence_len, progress=False)
+                               seq_len=self.model_config.sequence_len, progress=False, mesh=self.mesh)
         return {"core": result["core"]}
 
     def samples(self, state: TrainState, prompts: tuple[str, ...], max_tokens: int = 16) -> dict[str, float]:
-        """Greedy completions of ``prompts``, printed (no metric)."""
-        engine = Engine(nnx.merge(self.graphdef, state.params), self.tokenizer)
+        """Greedy completions of ``prompts``, printed (no metric) by the first process, on a whole copy
+        of the params on its first device (every process takes part in gathering it)."""
+        copies = sharding.full_copies(state.params, self.mesh)
+        if jax.process_index() != 0:
+            return {}
+        engine = Engine(nnx.merge(self.graphdef, next(iter(copies.values()))), self.tokenizer)
         for prompt in prompts:
             tokens = self.tokenizer.encode(prompt, prepend="<|bos|>")
             rows, _ = engine.generate_batch(tokens, num_samples=1, max_tokens=max_tokens, temperature=0.0)
@@ -181,21 +191,25 @@ class Stage:
         return {}
 
     def categorical_accuracy(self, state: TrainState, task, max_problems: int) -> float:
-        return run_categorical(self.graphdef, state.params, self.tokenizer, task, max_problems=max_problems)
+        return run_categorical(self.graphdef, state.params, self.tokenizer, task, max_problems=max_problems,
+                               mesh=self.mesh)
 
     def chat_metrics(self, state: TrainState, names: tuple[str, ...], *, max_categorical: int | None,
                      max_generative: int | None, batch_size: int) -> dict[str, float]:
         """Accuracy on the chat-eval tasks ``names`` (``<task>_acc``; greedy for the generative ones),
         and their ChatCORE (``chatcore``) and that of the categorical ones (``chatcore_cat``) when
-        ``names`` are all of ``CHATCORE_TASKS`` (nanochat 92d63d4's ChatCORE during SFT)."""
+        ``names`` are all of ``CHATCORE_TASKS`` (nanochat 92d63d4's ChatCORE during SFT). ``batch_size``
+        prompts per device; generation shares the problems among the devices (``DeviceEngines``)."""
+        # Here, not with the module's imports: this change keeps to the eval methods (it can join them).
+
         results, engine = {}, None
         for name in names:
             task = build_task(name)
             if task.eval_type == "categorical":
                 results[name] = run_categorical(self.graphdef, state.params, self.tokenizer, task, batch_size,
-                                                max_categorical)
+                                                max_categorical, mesh=self.mesh)
             else:
-                engine = engine or Engine(nnx.merge(self.graphdef, state.params), self.tokenizer)
+                engine = engine or DeviceEngines(self.graphdef, state.params, self.tokenizer, self.mesh)
                 results[name] = run_generative(engine, self.tokenizer, task, max_problems=max_generative)
         out = {f"{name.lower().replace('-', '_')}_acc": acc for name, acc in results.items()}
         if set(names) == set(CHATCORE_TASKS):
@@ -228,16 +242,17 @@ class Stage:
             state = state._replace(opt_state=warm_start_2026(state.opt_state, self.warm_opt_state))
             self.warm_opt_state = None
         data_state = None
-        if self.resume_step is not None:
-            target = abstract_state(self.params, self.tx)
+        mesh = self.mesh
+        if self.resume_step is not None:  # onto this run's mesh, whatever mesh saved it
+            target = sharding.abstract_on(abstract_state(self.params, self.tx), mesh)
             params, opt_state, data_state, _ = self.checkpointer.restore(self.resume_step, target.params,
                                                                             target.opt_state)
             state = TrainState(step=np.int32(self.resume_step), params=params, opt_state=opt_state)
         self.params = None  # the state owns the params now (they are donated every step)
 
-        mesh = sharding.make_mesh()
-        state = sharding.replicate(state, mesh)
-        train_step = make_train_step(self.graphdef, self.tx, mesh=mesh)
+        state = sharding.place(state, mesh)
+        train_step = make_train_step(self.graphdef, self.tx, mesh=mesh,
+                                     state_sharding=sharding.state_shardings(state, mesh))
         iterator = iter(data)
         if data_state is not None:
             iterator.set_state(data_state)
@@ -254,7 +269,7 @@ class Stage:
                       f"context {mc.sequence_len}"),
             ("parameters", f"{num_params(mc):,}"),
             ("FLOPs/token", f"{flops_per_token:.3e}"),
-            ("devices", f"{jax.devices()[0].device_kind} ×{jax.device_count()}"),
+            ("devices", self._describe_devices()),
             ("runtime", plan_line),
         ]
         if self.fitted is not None:
@@ -298,6 +313,28 @@ class Stage:
         if STOP.requested():  # SIGINT during the final evals or save: the stage finished, stop here
             raise Interrupted(f"{self.name} finished; {checkpoint_status(self.directory)}")
         return last
+
+    def _describe_devices(self) -> str:
+        text = f"{jax.devices()[0].device_kind} ×{jax.device_count()}"
+        if jax.process_count() > 1:
+            text += f" in {jax.process_count()} processes"
+        fsdp = sharding.fsdp_size(self.mesh)
+        return text + (f", parameters and optimizer state split {fsdp} ways (mesh.fsdp)" if fsdp > 1 else "")
+
+    def per_device_text(self) -> str:
+        """How the plan says the rows are per device (nothing on one device)."""
+        return f" × {self.devices} devices (rows per device)" if self.devices > 1 else ""
+
+    def micro_batches(self, rows_per_step: int, rows: int, what: str) -> int:
+        """Micro-batches per step: ``rows_per_step`` ÷ (``rows`` per device × the devices). JaxchatError
+        naming the numbers when it does not divide (``what``: the setting behind ``rows_per_step``)."""
+        per_micro_batch = rows * self.devices
+        if rows_per_step % per_micro_batch:
+            raise JaxchatError(
+                f"{self.name}: {what} is not a multiple of {rows} rows ({self.name}.device_batch_size, per device) "
+                f"× {self.devices} device{'s' if self.devices > 1 else ''} = {per_micro_batch} rows; change "
+                f"{self.name}.device_batch_size or the batch")
+        return rows_per_step // per_micro_batch
 
     def _device_batches(self, iterator, accum: int, mesh):
         """Host batches (accum·B, T) → device batches (accum, B, T), prefetched; the returned

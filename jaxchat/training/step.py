@@ -34,7 +34,7 @@ def init_train_state(params: Params, tx: optax.GradientTransformation) -> TrainS
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
-                    mesh: Mesh | None = None) -> Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]:
+                    mesh: Mesh | None = None, state_sharding: Any = None) -> Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]:
     """Build ``train_step(state, batch, lrm) -> (state, metrics)``, jitted with the state donated.
 
     The batch's leading axis holds the micro-batches; gradients are summed over them in a scan and
@@ -44,7 +44,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
     Muon is linear in its learning rate, so scaling the updates by ``lrm`` is exactly scaling every
     group's LR, and one mechanism serves step-based (base, SFT) and progress-based (mid) schedules.
     Build ``tx`` with ``lr_multiplier=1.0``. Metrics: loss, grad_norm (before clipping), lrm, tokens.
-    With ``mesh``, the state is replicated and the batch split over the data axis.
+    With ``mesh``: the state is laid out as ``state_sharding`` (``sharding.state_shardings`` of the
+    state) and the batch's rows are split over every device; gradients are then summed over devices
+    by GSPMD, so the step's result does not depend on the layout (up to the order of float sums).
     """
 
     def loss_sum(params, inputs, targets):
@@ -80,6 +82,25 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
-    return jax.jit(step, donate_argnums=0,
-                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh), sharding.replicated(mesh)),
-                   out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
+    state_sharding = state_sharding if state_sharding is not None else sharding.replicated(mesh)
+    return _OnMesh(jax.jit(step, donate_argnums=0,
+                           in_shardings=(state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+                           out_shardings=(state_sharding, sharding.replicated(mesh))), mesh)
+
+
+class _OnMesh:
+    """A jitted function called (and lowered) with ``mesh`` as JAX's current abstract mesh: Muon
+    reads it while tracing (``sharding.constrain_stack``)."""
+
+    def __init__(self, jitted: Any, mesh: Mesh):
+        self._jitted, self._mesh = jitted, mesh
+
+    # Only the abstract mesh: ``jax.set_mesh`` would also send the eager ops of tracing (constants) to
+    # the mesh's devices, which cannot run them when they are compile-only GPUs (jaxchat.fit).
+    def __call__(self, *args: Any) -> Any:
+        with jax.sharding.use_abstract_mesh(self._mesh.abstract_mesh):
+            return self._jitted(*args)
+
+    def lower(self, *args: Any) -> Any:
+        with jax.sharding.use_abstract_mesh(self._mesh.abstract_mesh):
+            return self._jitted.lower(*args)
