@@ -58,7 +58,9 @@ def tokenizer(cfg: RunConfig) -> None:
 
 def chat_eval(cfg: RunConfig, source: str | None = None) -> None:
     """Evaluate the latest checkpoint of ``source`` (default ``cfg.chat_eval.source``) of the run's tag
-    on the chat tasks, as ``cfg.chat_eval`` says (``jaxchat.eval.chat``, docs/DESIGN.md §9)."""
+    on the chat tasks, as ``cfg.chat_eval`` says (``jaxchat.eval.chat``, docs/DESIGN.md §9). The eval
+    shares its problems among every device of every process (the params whole on each: generation
+    needs them so), whatever ``mesh.fsdp`` the training used."""
     section = dataclasses.replace(cfg.chat_eval, source=source or cfg.chat_eval.source)
     chat_evaluator.run(chat_evaluator.ChatEvalConfig(tag=cfg.run_tag, chat_eval=section))
 

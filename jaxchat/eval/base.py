@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxchat import cli, stages
+from jaxchat import cli, sharding, stages
 from jaxchat.checkpoint import evaluated_checkpoint
 from jaxchat.common import JaxchatError
 from jaxchat.data.pretrain import val_batches
@@ -76,9 +76,11 @@ def val_bpb(graphdef: Any, params: Any, tokenizer: Any, *, seq_len: int, bpb_tok
     if bpb_tokens < 1 or device_batch_size < 1:
         raise JaxchatError(f"bpb_tokens={bpb_tokens} and device_batch_size={device_batch_size}: expected both > 0")
     _, val_paths = split_shards(list_shards(data_dir))
-    num_batches = max(1, bpb_tokens // (device_batch_size * seq_len))
-    batches = val_batches(val_paths, tokenizer, rows=device_batch_size, seq_len=seq_len, num_batches=num_batches)
-    return evaluate_bpb(graphdef, params, batches, tokenizer.token_bytes)
+    mesh = sharding.make_mesh()  # every device takes device_batch_size rows of each batch
+    rows = device_batch_size * sharding.batch_devices(mesh)
+    num_batches = max(1, bpb_tokens // (rows * seq_len))
+    batches = val_batches(val_paths, tokenizer, rows=rows, seq_len=seq_len, num_batches=num_batches)
+    return evaluate_bpb(graphdef, params, batches, tokenizer.token_bytes, mesh=mesh)
 
 
 def evaluate_base(model: Any, tokenizer: Any, *, bpb_tokens: int = DEFAULT_BPB_TOKENS,
@@ -100,7 +102,8 @@ def evaluate_base(model: Any, tokenizer: Any, *, bpb_tokens: int = DEFAULT_BPB_T
             print(f"val bpb: {result['val_bpb']:.4f} ({time.time() - t0:.1f}s)", flush=True)
     if not skip_core:
         core = evaluate_core(graphdef, params, tokenizer, Path(bundle_dir) if bundle_dir else None,
-                             max_per_task=core_max_per_task, seq_len=seq_len, progress=progress)
+                             max_per_task=core_max_per_task, seq_len=seq_len, progress=progress,
+                             mesh=sharding.make_mesh())
         result["core"], result["tasks"] = core["core"], core["tasks"]
     return result
 

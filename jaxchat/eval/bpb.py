@@ -6,6 +6,11 @@ many ``<|bos|>`` the stream happens to contain, and it compares across vocabular
 
 Both metrics run one jitted function per batch that adds the batch's sums to a running total kept
 on the device; the host reads the total once, at the end (no per-batch sync).
+
+With a ``mesh`` (several devices, maybe several processes) each batch's rows are split over all its
+devices (``sharding.rows_sharding``) and the params stay in their layout: GSPMD gives every device
+its rows and adds the sums up, which come back replicated. A batch whose rows do not divide by the
+devices gets masked rows (targets −1), which add nothing to either sum.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax.sharding import Mesh
+
+from jaxchat import sharding
 from jaxchat.common import JaxchatError
 
 Batch = Mapping[str, Any]  # {"inputs", "targets"}: int32 (B, T); targets -1 = ignored
@@ -62,6 +70,42 @@ def _arrays(batch: Batch, index: int) -> tuple[Any, Any]:
     return inputs, targets
 
 
+def _pad_rows(inputs: Any, targets: Any, devices: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows that do not split over ``devices``: add masked rows (targets −1; they count nothing)."""
+    extra = -inputs.shape[0] % devices
+    inputs, targets = np.asarray(inputs), np.asarray(targets)
+    if extra:
+        inputs = np.concatenate([inputs, np.zeros((extra, inputs.shape[1]), inputs.dtype)])
+        targets = np.concatenate([targets, np.full((extra, targets.shape[1]), -1, targets.dtype)])
+    return inputs, targets
+
+
+def _replicated(value: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """``value`` on the default device, or a whole copy on each device of ``mesh`` (built from the host
+    value each process has: no collective)."""
+    if mesh is None:
+        return jnp.asarray(value)
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding.replicated(mesh), lambda index: value[index])
+
+
+def _on_devices(inputs: Any, targets: Any, mesh: Mesh | None) -> tuple[Any, Any]:
+    """One batch as the jitted step takes it: as it is on one device, split by rows over ``mesh``."""
+    if mesh is None:
+        return inputs, targets
+    inputs, targets = _pad_rows(inputs, targets, sharding.batch_devices(mesh))
+    return sharding.put_batch((inputs, targets), sharding.rows_sharding(mesh), axis=0)
+
+
+def _totals(mesh: Mesh | None) -> tuple[jax.Array, jax.Array]:
+    return _replicated(np.zeros((), np.float32), mesh), _replicated(np.zeros((), np.int32), mesh)
+
+
+def _read(totals: tuple[jax.Array, jax.Array]) -> tuple[float, float]:
+    """The totals on this host: the one sync (replicated on a mesh, so no collective either)."""
+    return tuple(float(sharding.to_host(x)) for x in totals)
+
+
 def _check_vocab(graphdef: nnx.GraphDef, params: Any, token_bytes: np.ndarray) -> None:
     """token_bytes must cover the model's vocabulary (a mismatch means another tokenizer). The
     vocabulary is the config's, not wte's rows, which a 2026 model pads to a multiple of 64."""
@@ -76,7 +120,8 @@ def _check_vocab(graphdef: nnx.GraphDef, params: Any, token_bytes: np.ndarray) -
         )
 
 
-def evaluate_bpb(graphdef: nnx.GraphDef, params: Any, batches: Iterable[Batch], token_bytes: np.ndarray) -> float:
+def evaluate_bpb(graphdef: nnx.GraphDef, params: Any, batches: Iterable[Batch], token_bytes: np.ndarray,
+                 mesh: Mesh | None = None) -> float:
     """Bits per byte of the model over ``batches`` (docs/DESIGN.md §5).
 
     Args:
@@ -85,34 +130,38 @@ def evaluate_bpb(graphdef: nnx.GraphDef, params: Any, batches: Iterable[Batch], 
         are ignored. Every batch should have the same shape (one compilation).
       token_bytes: int array, per token id the length of its raw bytes (0 for special tokens), i.e.
         ``tokenizer.token_bytes``.
+      mesh: split each batch's rows over its devices (every process passes the same batches);
+        None: one device, as the arrays are.
 
     Returns Σ nats / (ln 2 · Σ bytes) over targets with ``token_bytes[target] > 0``. Raises
     JaxchatError when no batch holds such a target.
     """
     token_bytes = np.asarray(token_bytes)
     _check_vocab(graphdef, params, token_bytes)
-    table = jnp.asarray(token_bytes, jnp.int32)
-    totals = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    table = _replicated(token_bytes.astype(np.int32), mesh)
+    params = params if mesh is None else sharding.on_mesh(params, mesh)
+    totals = _totals(mesh)
     for i, batch in enumerate(batches):
-        inputs, targets = _arrays(batch, i)
+        inputs, targets = _on_devices(*_arrays(batch, i), mesh)
         totals = _bpb_step(graphdef, params, totals, inputs, targets, table)
-    nats, n_bytes = (float(x) for x in jax.device_get(totals))  # the one host sync
+    nats, n_bytes = _read(totals)  # the one host sync
     if n_bytes <= 0:
         raise JaxchatError("evaluate_bpb: the batches hold no target token with bytes (empty or all special/-1)")
     return nats / (math.log(2) * n_bytes)
 
 
-def evaluate_loss(graphdef: nnx.GraphDef, params: Any, batches: Iterable[Batch]) -> float:
+def evaluate_loss(graphdef: nnx.GraphDef, params: Any, batches: Iterable[Batch], mesh: Mesh | None = None) -> float:
     """Mean cross-entropy (nats) over every target ≠ −1 in ``batches`` (SFT validation loss).
 
-    The mean is over tokens, not over batches, so batches with few targets weigh less. Raises
-    JaxchatError when the batches hold no target at all.
+    The mean is over tokens, not over batches, so batches with few targets weigh less. ``mesh``: as
+    for ``evaluate_bpb``. Raises JaxchatError when the batches hold no target at all.
     """
-    totals = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    params = params if mesh is None else sharding.on_mesh(params, mesh)
+    totals = _totals(mesh)
     for i, batch in enumerate(batches):
-        inputs, targets = _arrays(batch, i)
+        inputs, targets = _on_devices(*_arrays(batch, i), mesh)
         totals = _loss_step(graphdef, params, totals, inputs, targets)
-    nats, count = (float(x) for x in jax.device_get(totals))
+    nats, count = _read(totals)
     if count <= 0:
         raise JaxchatError("evaluate_loss: the batches hold no target token (empty, or every target is -1)")
     return nats / count

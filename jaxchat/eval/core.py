@@ -22,6 +22,12 @@ option whose continuation is empty (one choice a token-prefix of another) scores
 Scoring is batched across a task's items: every option of every item becomes one row, rows are
 padded (with ``<|bos|>``; causal attention never looks right) to a few bucketed lengths, and each
 bucket has a fixed number of rows per batch, so jit compiles a handful of shapes per run.
+
+With a ``mesh`` (several devices, maybe several processes) each batch has that many rows per device
+and is split over all of them (``sharding.rows_sharding``), the params in their layout: each device
+scores its rows, and the per-row results come back replicated, so every process counts the same
+correct answers. A row's score does not depend on which device computes it: the number is the one
+device's.
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from jaxchat import sharding
 from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.data.cache import EVAL_BUNDLE_DIR, download_command
 from jaxchat.model.gpt import cross_entropy
@@ -284,9 +292,8 @@ def build_rows(tokenizer: Any, item: dict[str, Any], task_type: str, delimiter: 
 # ---- batched scoring -----------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def score_rows(graphdef: nnx.GraphDef, params: Any, tokens: jax.Array, starts: jax.Array,
-               ends: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _score_rows(graphdef: nnx.GraphDef, params: Any, tokens: jax.Array, starts: jax.Array,
+                ends: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per row: mean loss over the continuation tokens [start, end) and whether greedy gets them all.
 
     ``tokens`` (R, L) int32; token p is predicted at position p − 1. An empty span scores +inf loss
@@ -304,6 +311,16 @@ def score_rows(graphdef: nnx.GraphDef, params: Any, tokens: jax.Array, starts: j
     return mean_loss, greedy_ok
 
 
+score_rows = jax.jit(_score_rows, static_argnums=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _score_rows_on(mesh: Mesh) -> Any:
+    """``score_rows`` for rows split over ``mesh``, its (R,) results gathered onto every device (tiny)
+    so that any process reads them all without a collective."""
+    return jax.jit(_score_rows, static_argnums=0, out_shardings=sharding.replicated(mesh))
+
+
 def buckets_for(max_len: int) -> list[int]:
     """Padded lengths: powers of two from 64 below ``max_len``, then ``max_len`` itself."""
     out, length = [], MIN_BUCKET
@@ -314,12 +331,13 @@ def buckets_for(max_len: int) -> list[int]:
 
 
 def score_all(graphdef: nnx.GraphDef, params: Any, rows: Rows, pad_id: int, max_len: int,
-              tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> tuple[np.ndarray, np.ndarray]:
+              tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH, mesh: Mesh | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Score every row of ``rows`` (any number, lengths ≤ max_len): ``(mean_loss, greedy_ok)`` arrays.
 
     Rows are grouped by bucketed length; a bucket of length L runs ``max(1, tokens_per_batch // L)``
-    rows per call, padding the last call with empty rows. All calls are dispatched before the one
-    host transfer.
+    rows per call and device, padding the last call with empty rows. All calls are dispatched before
+    the host reads the results. ``mesh``: split each call's rows over its devices (``params`` on it).
     """
     n = len(rows.tokens)
     lengths = np.array([len(t) for t in rows.tokens], dtype=np.int64)
@@ -328,10 +346,11 @@ def score_all(graphdef: nnx.GraphDef, params: Any, rows: Rows, pad_id: int, max_
                            "(crop with build_rows)")
     buckets = buckets_for(max_len)
     which = np.searchsorted(buckets, lengths)  # first bucket >= length
+    devices = 1 if mesh is None else sharding.batch_devices(mesh)
     pending = []  # (row indices, device results)
     for b, length in enumerate(buckets):
         members = np.flatnonzero(which == b)
-        per_call = max(1, tokens_per_batch // length)
+        per_call = max(1, tokens_per_batch // length) * devices
         for lo in range(0, len(members), per_call):
             chunk = members[lo:lo + per_call]
             tokens = np.full((per_call, length), pad_id, dtype=np.int32)
@@ -340,9 +359,14 @@ def score_all(graphdef: nnx.GraphDef, params: Any, rows: Rows, pad_id: int, max_
             for r, i in enumerate(chunk):
                 tokens[r, :lengths[i]] = rows.tokens[i]
                 starts[r], ends[r] = rows.starts[i], rows.ends[i]
-            pending.append((chunk, score_rows(graphdef, params, tokens, starts, ends)))
+            if mesh is None:
+                pending.append((chunk, score_rows(graphdef, params, tokens, starts, ends)))
+            else:
+                batch = sharding.put_batch((tokens, starts, ends), sharding.rows_sharding(mesh), axis=0)
+                pending.append((chunk, _score_rows_on(mesh)(graphdef, params, *batch)))
     mean_loss, greedy_ok = np.zeros(n, np.float32), np.zeros(n, bool)
-    for chunk, result in jax.device_get(pending):
+    results = jax.device_get(pending) if mesh is None else jax.tree.map(sharding.to_host, pending)
+    for chunk, result in results:
         mean_loss[chunk] = result[0][:len(chunk)]
         greedy_ok[chunk] = result[1][:len(chunk)]
     return mean_loss, greedy_ok
@@ -352,8 +376,10 @@ def score_all(graphdef: nnx.GraphDef, params: Any, rows: Rows, pad_id: int, max_
 
 
 def evaluate_task(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, task: CoreTask, max_len: int,
-                  max_per_task: int = -1, tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> float:
-    """Accuracy of the model on one CORE task (after shuffling and cropping to ``max_per_task``)."""
+                  max_per_task: int = -1, tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
+                  mesh: Mesh | None = None) -> float:
+    """Accuracy of the model on one CORE task (after shuffling and cropping to ``max_per_task``);
+    ``mesh``: its rows split over those devices (``params`` on it)."""
     data = prepare_items(task.items, max_per_task)
     if task.num_fewshot > len(data) - 1:
         logger.warning("%s: %d-shot needs %d items, only %d: using %d-shot", task.label, task.num_fewshot,
@@ -366,7 +392,9 @@ def evaluate_task(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, task: Cor
         all_rows.starts.extend(rows.starts)
         all_rows.ends.extend(rows.ends)
         offsets.append(len(all_rows.tokens))
-    mean_loss, greedy_ok = score_all(graphdef, params, all_rows, tokenizer.bos_token_id, max_len, tokens_per_batch)
+    on_mesh = {} if mesh is None else {"mesh": mesh}  # a one-device stand-in for score_all need not take it
+    mean_loss, greedy_ok = score_all(graphdef, params, all_rows, tokenizer.bos_token_id, max_len, tokens_per_batch,
+                                     **on_mesh)
     correct = 0
     for idx, item in enumerate(data):
         lo, hi = offsets[idx], offsets[idx + 1]
@@ -385,7 +413,7 @@ def centered(accuracy: float, random_baseline_percent: float) -> float:
 
 def evaluate_core(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, bundle_dir: Path | None = None,
                   max_per_task: int = -1, seq_len: int | None = None, progress: bool = True,
-                  tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> dict[str, Any]:
+                  tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH, mesh: Mesh | None = None) -> dict[str, Any]:
     """The CORE metric of a model (docs/DESIGN.md §9).
 
     Args:
@@ -394,8 +422,10 @@ def evaluate_core(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, bundle_di
       bundle_dir: the eval bundle (default ``$JAXCHAT_HOME/eval_bundle``).
       max_per_task: items per task after the shuffle (−1: all).
       seq_len: context length; longer sequences keep their last tokens (default: the model's).
-      progress: print one line per task.
-      tokens_per_batch: tokens per forward call (rows × padded length); bounds logits memory.
+      progress: print one line per task (the first process only).
+      tokens_per_batch: tokens per forward call and device (rows × padded length); bounds logits memory.
+      mesh: split the work over its devices and processes (every process calls this alike, and
+        gets the same result); None: one device, the params as they are.
 
     Returns ``{"core": float, "tasks": {label: {"accuracy": a, "centered": c}}}``.
     """
@@ -403,11 +433,14 @@ def evaluate_core(graphdef: nnx.GraphDef, params: Any, tokenizer: Any, bundle_di
         raise JaxchatError(f"max_per_task is {max_per_task}; expected -1 (all) or a positive number")
     if seq_len is None:
         seq_len = nnx.merge(graphdef, params).config.sequence_len
+    if mesh is not None:
+        params = sharding.on_mesh(params, mesh)
+    progress = progress and jax.process_index() == 0
     tasks = load_bundle(bundle_dir)
     results: dict[str, dict[str, float]] = {}
     for task in tasks:
         t0 = time.time()
-        accuracy = evaluate_task(graphdef, params, tokenizer, task, seq_len, max_per_task, tokens_per_batch)
+        accuracy = evaluate_task(graphdef, params, tokenizer, task, seq_len, max_per_task, tokens_per_batch, mesh)
         results[task.label] = {"accuracy": accuracy, "centered": centered(accuracy, task.random_baseline)}
         if progress:
             print(f"CORE {task.label:<32} ({task.num_fewshot}-shot, {task.task_type}): "
