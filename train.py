@@ -1,4 +1,4 @@
-"""jaxchat's main job: train the nanochat recipe stage by stage, on one GPU (or a CPU at demo size).
+"""jaxchat's main job: train the nanochat recipe stage by stage, on GPUs (or a CPU at demo size).
 
     python train.py --stage=STAGE [--config configs/NAME.toml] [--key=value ...]
 
@@ -13,6 +13,8 @@ in jaxchat/config.py RECIPE_DEFAULTS). `python train.py --help` lists every key 
     python train.py --stage=base --resume            # continue an interrupted run exactly
     python train.py --stage=sft --source_tag=d20 --tag=d20_sft2
     python train.py --stage=all --config configs/gpt2_1gpu.toml   # the 2026 recipe's d24
+    python train.py --stage=base --dist.coordinator=node0:1234 --dist.num_processes=2 --dist.process_id=0
+                                                     # one of several machines (README: several GPUs)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ if __name__ == "__main__":  # `import jaxchat` loads JAX (~2 s): a Ctrl-C then m
 
 from jaxchat import cli, stages  # noqa: E402
 from jaxchat.common import JaxchatError, jaxchat_home  # noqa: E402
-from jaxchat.config import RunConfig, build, explicit_keys, parse_overrides, validate  # noqa: E402
+from jaxchat.config import RunConfig, build, explicit_keys, parse_overrides, sections_read, validate  # noqa: E402
 
 PROG = "python train.py"
 
@@ -83,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
         os._exit(cli.INTERRUPTED)
 
+    quiet: list = []  # the real stdout, while a process other than 0 prints nothing
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     try:
         # Lazy: these import JAX, which --help does not need, and malloc's setting must precede JAX's start.
+        from jaxchat import distributed
         from jaxchat.host_memory import retain_freed_host_memory
         from jaxchat.runtime import configure_process
 
@@ -101,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
 
         def run() -> None:
             stage, cfg = parse(argv)
+            # Several processes (--dist.*): JAX's distributed runtime starts before JAX computes anything;
+            # only process 0 prints (errors and warnings still do, on stderr).
+            if "dist" in sections_read(stage, cfg.recipe) and distributed.initialize(cfg.dist):
+                if not distributed.is_primary():
+                    quiet.append(sys.stdout)
+                    sys.stdout = open(os.devnull, "w")
             check_run(stage, cfg, explicit=explicit_keys(argv))  # tokenizer size, memory: before any work
             if stage in stages.checkpointed():
                 target["directory"] = jaxchat_home() / "checkpoints" / stage / cfg.run_tag
@@ -113,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return cli.report_errors(run)
     finally:
+        if quiet:
+            sys.stdout.close()
+            sys.stdout = quiet.pop()
         if previous is _quit_during_imports:  # a script about to exit: a Ctrl-C now changes nothing
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         elif previous is not None:  # called in-process (tests): give the caller its handler back

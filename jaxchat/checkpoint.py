@@ -60,7 +60,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxchat import stages
+from jaxchat import distributed, stages
 from jaxchat.common import JaxchatError, jaxchat_home
 
 log = logging.getLogger(__name__)
@@ -406,11 +406,21 @@ class StageCheckpointer:
     returns once the arrays are copied off the device, so donated train steps may follow at once;
     the files are written in the background. Call ``wait()`` (or ``close()``, or leave the ``with``
     block) before the process exits.
+
+    Several processes (``jax.distributed``; the directory on a file system they all share): every
+    process makes the same calls (``save``, ``restore``, ``wait``, ``close``) with the same arguments.
+    Orbax coordinates them (its ``multiprocessing_options.primary_host`` is process 0): each process
+    writes the shards of the arrays it holds, process 0 alone writes the JSON items (meta, and the
+    data iterator's state: the same in every process, ``jaxchat.sharding.put_batch``), the commit
+    marker, and runs the callback writing ``checksums.json`` once every process's writes are done,
+    while the others wait. jaxchat's own file system changes (the directory, replacing a step) are
+    process 0's too, decided there and followed by all, with a barrier before anyone goes on.
     """
 
     def __init__(self, directory: Path, *, max_to_keep: int | None = 3, async_save: bool = True):
         self.directory = Path(directory).absolute()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if distributed.is_primary():  # Orbax's manager makes every process wait for it
+            self.directory.mkdir(parents=True, exist_ok=True)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             # Always Orbax's async path: only it runs the callback that writes checksums.json into the
@@ -426,7 +436,10 @@ class StageCheckpointer:
 
     def _write_checksums(self) -> None:
         """Orbax's post-finalization callback (its background thread): the items of step
-        ``self._saving`` are written, the commit marker and the rename come next."""
+        ``self._saving`` are written, the commit marker and the rename come next. Orbax runs it on
+        process 0 only, after every process's writes, and the others wait for it to finish."""
+        if not distributed.is_primary():
+            return
         step = self._saving
         candidates = [p for p in self.directory.glob(f"{step}{_TMP_SUFFIX}*") if p.is_dir()]
         if candidates:
@@ -456,12 +469,21 @@ class StageCheckpointer:
         # One save in flight at a time (Orbax waits too): the previous one commits, with its checksums,
         # before this one starts and before the directory is looked at.
         self._manager.wait_until_finished()
-        if step_dir.exists():
+        # Process 0 looks at the directory and decides; every process follows (all must call Orbax's save).
+        keep, replace = 1, 2
+        action = 0
+        if distributed.is_primary() and step_dir.exists():
             # Our own save of this step (e.g. periodic, then final) is trusted; another is kept only intact.
-            if not force and (step == self._last_saved or damage(step_dir) is None):
-                log.info("checkpoint %s exists; not saving it again", step_dir)
-                return
-            shutil.rmtree(step_dir)
+            keep_it = not force and (step == self._last_saved or damage(step_dir) is None)
+            action = keep if keep_it else replace
+        action = distributed.from_primary(action)
+        if action == keep:
+            log.info("checkpoint %s exists; not saving it again", step_dir)
+            return
+        if action == replace:
+            if distributed.is_primary():
+                shutil.rmtree(step_dir)
+            distributed.barrier(f"jaxchat checkpoint: replaced {step_dir}")  # gone before anyone looks again
             self._manager.reload()
         items: dict[str, Any] = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
         if opt_state is not None:
@@ -510,6 +532,10 @@ class StageCheckpointer:
             if step is None:
                 raise JaxchatError(f"no complete checkpoint in {self.directory} to resume from")
         step_dir = self.directory / str(int(step))
+        chosen = distributed.gather(int(step))  # several processes restore together: the same step
+        if len(set(chosen)) > 1:
+            raise JaxchatError(f"the processes would restore different steps of {self.directory} ({chosen}, in "
+                               "process order); they must all see the same files (a shared file system)")
         if int(step) not in committed_steps(self.directory):
             raise JaxchatError(f"{step_dir} is not a complete checkpoint; complete steps: {self.all_steps()}")
         record, _ = _read_checksums(step_dir)

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from jaxchat.common import JaxchatError, jaxchat_home
+from jaxchat.distributed import is_primary
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -48,14 +49,21 @@ class MetricsLogger:
     ``wandb_run``: an existing run object (anything with ``.log(dict, step=)``), or a run name (str),
     in which case ``wandb.init(project="jaxchat", name=...)`` is called here and the run is finished
     by ``close()``. wandb is imported only then.
+
+    Several processes (``jax.distributed``): only process 0 writes (and logs to W&B); the others'
+    ``log`` returns the record and writes nothing, so a shared log holds each line once.
     """
 
     def __init__(self, stage: str, tag: str, directory: str | Path | None = None, wandb_run: Any = None):
         self.path = metrics_path(stage, tag, directory)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._owns_run = isinstance(wandb_run, str)
-        self._run = _start_wandb(wandb_run, stage, tag) if self._owns_run else wandb_run
-        self._file = self.path.open("a", encoding="utf-8")
+        self._primary = is_primary()
+        self._owns_run = isinstance(wandb_run, str) and self._primary
+        self._run = None
+        self._file = None
+        if self._primary:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._run = _start_wandb(wandb_run, stage, tag) if self._owns_run else wandb_run
+            self._file = self.path.open("a", encoding="utf-8")
 
     def log(self, step: int, metrics: dict | None = None, /, **more: Any) -> dict:
         """Write ``{"step", "time", **metrics}`` (scalars) as one flushed line; returns the record.
@@ -64,6 +72,8 @@ class MetricsLogger:
         """
         values = {name: _scalar(name, value) for name, value in {**(metrics or {}), **more}.items()}
         record = {"step": int(step), "time": round(time.time(), 3), **values}
+        if self._file is None:  # not process 0
+            return record
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._run is not None:
@@ -72,7 +82,7 @@ class MetricsLogger:
 
     def close(self) -> None:
         """Close the file (and finish the W&B run if this logger started it)."""
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
         if self._owns_run and self._run is not None:
             self._run.finish()

@@ -45,6 +45,7 @@ import numpy as np
 
 from jaxchat import cli, stages
 from jaxchat.common import JaxchatError, jaxchat_home
+from jaxchat.distributed import is_primary
 from jaxchat.metrics_log import plot_curves
 
 PROG = "python -m jaxchat.report"
@@ -133,6 +134,7 @@ def write_section(stage: str, heading: str, markdown: str, metrics: dict | None 
     A section with the same heading is replaced in place (not duplicated); a new one is appended.
     ``metrics`` (e.g. ``{"CORE": 0.22}``) are merged into the stage's metrics for the final table.
     ``fresh=True`` drops the stage's earlier sections and metrics first (e.g. a new tokenizer).
+    Several processes (``jax.distributed``): only process 0 writes; the others return the path.
     """
     _check_stage(stage)
     heading = " ".join(str(heading).split())
@@ -140,6 +142,8 @@ def write_section(stage: str, heading: str, markdown: str, metrics: dict | None 
         raise JaxchatError(f"report section of stage {stage!r} needs a non-empty heading")
     directory = report_dir(home)
     sidecar, page = directory / f"{stage}.json", directory / f"{stage}.md"
+    if not is_primary():
+        return page
     with _locked(directory):
         data = {"sections": [], "metrics": {}} if fresh else _read_stage(sidecar)
         section = {"heading": heading, "markdown": str(markdown).strip()}
@@ -275,8 +279,11 @@ def _curves(directory: Path) -> tuple[dict[str, list[str]], list[str]]:
 
 
 def assemble(home: str | Path | None = None) -> Path:
-    """Write ``report/report.md`` (header, stage sections with curves, final table); return its path."""
+    """Write ``report/report.md`` (header, stage sections with curves, final table); return its path.
+    Several processes: only process 0 writes it."""
     directory = report_dir(home)
+    if not is_primary():
+        return directory / REPORT_FILE
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory):
         report_stages = read_stages(home)
@@ -297,8 +304,11 @@ def assemble(home: str | Path | None = None) -> Path:
 
 def reset(home: str | Path | None = None) -> list[Path]:
     """Start a new report card: delete every stage's sections and metrics, the metrics logs and their
-    PNGs and the assembled report; record the start time. Returns the deleted paths."""
+    PNGs and the assembled report; record the start time. Returns the deleted paths (none outside
+    process 0 of several)."""
     directory = report_dir(home)
+    if not is_primary():
+        return []
     removed = []
     with _locked(directory):
         for pattern in ("*.json", "*.md", "*.jsonl", "*.png"):

@@ -99,3 +99,27 @@ def test_a_stop_requested_before_the_first_step_saves_nothing():
         with pytest.raises(Interrupted, match="before its first step"):
             run([1.0] * 3, num_steps=3, n_batches=3, saves=saves)
     assert saves == []
+
+
+def test_several_processes_agree_on_a_stop_every_few_steps(monkeypatch):
+    """With several processes every one must stop after the same step: a stop asked in any of them
+    is agreed on (a gather over the processes) at the steps divisible by STOP_CHECK_EVERY only."""
+    from jaxchat.training import loop
+
+    gathered = []
+    monkeypatch.setattr(loop, "process_count", lambda: 2)
+
+    def gather(flag):
+        gathered.append(flag)
+        return [flag, 0]  # the other process was not asked
+
+    monkeypatch.setattr(loop, "gather", gather)
+    every = loop.STOP_CHECK_EVERY
+    with loop.STOP.running():
+        assert not loop._stop_agreed(every) and gathered == [0]
+        assert loop.STOP.request()
+        assert not loop._stop_agreed(every + 1) and gathered == [0]  # between agreements: keep going
+        assert loop._stop_agreed(2 * every) and gathered == [0, 1]
+    monkeypatch.setattr(loop, "gather", lambda flag: [0, 1])  # asked in the other process only
+    with loop.STOP.running():
+        assert loop._stop_agreed(0)

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxchat.common import JaxchatError
+from jaxchat.distributed import gather, is_primary, process_count
 from jaxchat.training.step import TrainState
 
 # An eval hook: (every, fn(state) -> {metric: float}); every ≤ 0 → only at the end.
@@ -111,8 +112,13 @@ def run_loop(spec: LoopSpec, state: TrainState, train_step: Callable, batches: I
     """
     start_step = int(state.step)
     total = spec.num_steps
+    primary = is_primary()  # several processes: only process 0 shows progress, step lines and evals
     bar = tqdm(total=total, initial=start_step, desc=spec.stage, unit="step", file=sys.stderr,
-               dynamic_ncols=True, disable=None)
+               dynamic_ncols=True, disable=None if primary else True)
+
+    def say(line: str) -> None:
+        if primary:
+            bar.write(line)
     t_start = t_last = time.perf_counter()
     ema = 0.0
     last: dict[str, float] = {}
@@ -129,7 +135,7 @@ def run_loop(spec: LoopSpec, state: TrainState, train_step: Callable, batches: I
              "tok_per_s": tokens / dt, "elapsed": now - t_start, "progress": progress, "step": done}
         if spec.peak_flops:
             m["mfu"] = spec.flops_per_token * m["tok_per_s"] / spec.peak_flops
-        bar.write(_line(spec.stage, done, total, m))
+        say(_line(spec.stage, done, total, m))
         log(done, m)
         last = {**last, **m}
         if not (math.isfinite(host["loss"]) and math.isfinite(host["grad_norm"])):
@@ -145,7 +151,7 @@ def run_loop(spec: LoopSpec, state: TrainState, train_step: Callable, batches: I
             if final or (every > 0 and done % every == 0):
                 extra.update(hook(state))
         if extra:
-            bar.write(f"{spec.stage} step {done:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in extra.items()))
+            say(f"{spec.stage} step {done:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in extra.items()))
             log(done, extra)
             last = {**last, **extra}
         if final or (spec.save_every > 0 and done % spec.save_every == 0):
@@ -159,7 +165,7 @@ def run_loop(spec: LoopSpec, state: TrainState, train_step: Callable, batches: I
     try:
         with STOP.running():
             while spec.num_steps is None or step < spec.num_steps:
-                if STOP.requested():  # a step boundary: nothing is being computed or saved
+                if _stop_agreed(step):  # a step boundary: nothing is being computed or saved
                     stopped = True
                     break
                 try:
@@ -195,6 +201,19 @@ def run_loop(spec: LoopSpec, state: TrainState, train_step: Callable, batches: I
     finally:
         bar.close()
     return state, last
+
+
+# With several processes a stop is agreed on every this many steps: all must stop after the same
+# step (each saves its shards), and agreeing is a collective that waits for the step in flight.
+STOP_CHECK_EVERY = 16
+
+
+def _stop_agreed(step: int) -> bool:
+    """Stop before ``step``? One process: when asked. Several: when any was asked, checked every
+    ``STOP_CHECK_EVERY`` steps (every process reaches the same steps, so they agree at the same one)."""
+    if process_count() == 1:
+        return STOP.requested()
+    return step % STOP_CHECK_EVERY == 0 and any(gather(int(STOP.requested())))
 
 
 def _due(spec: LoopSpec, done: int) -> bool:
