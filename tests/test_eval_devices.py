@@ -18,14 +18,13 @@ process gets the one-device numbers, its devices holding their rows and generati
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.test_multihost import env_for, free_port, run_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,26 +197,8 @@ def test_evals_split_over_devices_and_match_one_device():
 
 @pytest.mark.slow  # two processes compiling everything on 2 shared cores: a few minutes
 def test_evals_split_over_processes_and_match_one_device(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
-    logs = [tmp_path / f"process{i}.log" for i in range(2)]
-    procs = []
-    try:
-        for i, log in enumerate(logs):
-            with log.open("wb") as out:
-                procs.append(subprocess.Popen([sys.executable, "-c", SCRIPT, address, "2", str(i)], env=env_with(2),
-                                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-        deadline = time.monotonic() + 600
-        # One failing process leaves the other waiting in a collective: stop at the first failure.
-        while any(p.poll() is None for p in procs) and not any(p.poll() not in (None, 0) for p in procs):
-            assert time.monotonic() < deadline, "the processes did not finish within 600 s"
-            time.sleep(0.5)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=30)
-    for i, (p, log) in enumerate(zip(procs, logs)):
-        text = log.read_text(errors="replace")
-        assert p.returncode == 0 and "EVAL_DEVICES_OK" in text, f"process {i}: exit {p.returncode}\n{text[-4000:]}"
+    address = f"127.0.0.1:{free_port()}"
+    commands = [[sys.executable, "-c", SCRIPT, address, "2", str(i)] for i in range(2)]
+    results = run_processes(commands, env_for(tmp_path, 2), tmp_path / "logs", timeout_s=600)
+    for i, (code, text) in enumerate(results):
+        assert code == 0 and "EVAL_DEVICES_OK" in text, f"process {i}: exit {code}\n{text[-4000:]}"
