@@ -231,6 +231,18 @@ def stage_shape(stage: str, cfg: RunConfig, model_config: GPTConfig,
     return getattr(cfg, stage).device_batch_size, total, cfg.model.sequence_len  # SFT rows are at most the context
 
 
+def micro_batches(stage: str, rows_per_step: int, rows: int, devices: int, what: str) -> int:
+    """Micro-batches per step: ``rows_per_step`` ÷ (``rows`` per device × ``devices``). JaxchatError
+    naming the numbers when it does not divide (``what``: the setting behind ``rows_per_step``)."""
+    per_micro_batch = rows * devices
+    if rows_per_step % per_micro_batch:
+        raise JaxchatError(
+            f"{stage}: {what} is not a multiple of {rows} rows ({stage}.device_batch_size, per device) "
+            f"× {devices} device{'s' if devices > 1 else ''} = {per_micro_batch} rows; change "
+            f"{stage}.device_batch_size or the batch")
+    return rows_per_step // per_micro_batch
+
+
 def fit(stage: str, cfg: RunConfig, model_config: GPTConfig, machine: Machine,
         measure: Callable[[int, bool], Memory] | None = None, source_meta: dict | None = None) -> Fit:
     """``stage``'s device batch and remat on ``machine`` (see the module docstring). ``measure(rows,
@@ -244,6 +256,8 @@ def fit(stage: str, cfg: RunConfig, model_config: GPTConfig, machine: Machine,
                                      accum=total // (rows * devices), remat=remat)
     measure = functools.lru_cache(maxsize=None)(measure)
     budget = machine.budget
+    if setting != "auto":
+        micro_batches(stage, total, setting, devices, f"{total} rows per step")
     candidates = row_candidates(total, devices) if setting == "auto" else [setting]
     if not candidates:
         raise JaxchatError(f"{stage}: {total} rows per step cannot be split over {devices} devices")

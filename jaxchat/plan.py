@@ -151,11 +151,6 @@ def run(cfg: RunConfig, options: PlanOptions, target: str) -> int:
     lines = []
     for stage in options.stages.split(","):
         chosen = fit.fit(stage, cfg, model_config, machine)
-        _, total, _ = fit.stage_shape(stage, cfg, model_config)
-        if chosen.rows * devices * chosen.accum != total:  # a configured device batch the devices cannot share
-            raise JaxchatError(f"{stage}.device_batch_size={chosen.rows}: {total} rows a step do not split into "
-                               f"micro-batches of {chosen.rows} rows × {devices} devices; expected a divisor of "
-                               f"{total // devices} (rows per device a step), or auto")
         steps, tokens, how = stage_steps(stage, cfg, model_config)
         all_peak = peak * devices if peak else peak  # the work is split over every device
         time = (hours(flops * steps * tokens, all_peak, options.mfu) if steps else

@@ -17,6 +17,7 @@ on how the devices are spread over processes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any, Sequence
@@ -111,6 +112,39 @@ def constrain_stack(x: Any) -> Any:
     if mesh.empty or dict(mesh.shape).get(FSDP_AXIS, 1) == 1:
         return x
     return jax.lax.with_sharding_constraint(x, P(FSDP_AXIS, *([None] * (x.ndim - 1))))
+
+
+def sum_over_rows(fn: Any, *args: Any, whole: Sequence[int] = ()) -> Any:
+    """``fn(*args)`` for an ``fn`` that sums over the rows (axis 0) of its arguments, computed where
+    the rows are: each device runs ``fn`` on its own rows, with whole copies of the arguments at the
+    positions ``whole``, and the partial sums are added across devices (their gradients too).
+
+    Under a mesh that splits rows (the abstract mesh of ``using``), GSPMD alone would slice a row
+    axis that ``fn`` scans over by gathering every device's rows for every slice: for the fused
+    head+loss that is all the hidden states of the batch on every device, per chunk. Without such a
+    mesh this is ``fn(*args)``."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or batch_devices(mesh) == 1:
+        return fn(*args)
+    axes = _batch_spec(mesh)
+
+    def local(*local_args: Any) -> Any:
+        # Whole arguments become per-device values, so each device's gradient for them is its own
+        # partial sum, which the transpose of this cast adds up across devices (one all-reduce).
+        local_args = [jax.lax.pcast(a, axes, to="varying") if i in whole else a
+                      for i, a in enumerate(local_args)]
+        return jax.lax.psum(fn(*local_args), axes)
+
+    specs = tuple(P() if i in whole else P(axes) for i in range(len(args)))
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())(*args)
+
+
+def using(mesh: Mesh | None) -> Any:
+    """Context to call (or lower) a jitted function under: ``mesh`` as JAX's abstract mesh, which
+    ``constrain_stack`` and ``sum_over_rows`` read while tracing. Only the abstract mesh:
+    ``jax.set_mesh`` would also send the eager ops of tracing (constants) to the mesh's devices,
+    which cannot run them when they are compile-only GPUs (``jaxchat.fit``)."""
+    return contextlib.nullcontext() if mesh is None else jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
 def _local_rows(sharding: NamedSharding, shape: tuple[int, ...], axis: int) -> slice:

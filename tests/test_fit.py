@@ -110,6 +110,22 @@ def test_a_fixed_config_is_measured_not_searched():
     assert measure.calls == [(4, False)] and not chosen.chosen and not chosen.fits  # 5 GiB > 1.8: reported
 
 
+def test_a_fixed_batch_the_devices_cannot_share_is_refused():
+    """tiny: 8 rows a step; 4 rows per device on 4 devices would be 16 (fit only reads the mesh's shape)."""
+    from jax.sharding import AbstractMesh
+
+    from jaxchat import sharding
+
+    four = dataclasses.replace(machine_with(None), mesh=AbstractMesh((4, 1), sharding.BATCH_AXES))
+    measure = FakeMemory(weights=GiB, per_row=GiB)
+    with pytest.raises(JaxchatError, match=r"^base: 8 rows per step is not a multiple of 4 rows \(base.device_batch_"
+                                           r"size, per device\) × 4 devices = 16 rows; change base.device_batch_size"):
+        fit.fit("base", load_toml(TINY), MODEL, four, measure)
+    assert measure.calls == []  # refused before compiling anything
+    two = dataclasses.replace(four, mesh=AbstractMesh((2, 1), sharding.BATCH_AXES))
+    assert fit.fit("base", load_toml(TINY), MODEL, two, measure).accum == 1  # 4 rows × 2 devices = 8
+
+
 def test_the_real_cpu_compile_follows_the_injected_limit():
     """Compiled steps of the tiny model on this CPU: the choice moves with the limit, as bisection says."""
     cfg = cfg_with(**{"base.device_batch_size": "auto"})

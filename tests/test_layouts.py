@@ -20,7 +20,7 @@ import sys
 import pytest
 
 SCRIPT = r"""
-import sys
+import dataclasses, sys
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from jaxchat import runtime, sharding
@@ -32,7 +32,8 @@ from jaxchat.training.build import Scaling, build_optimizer
 assert jax.device_count() == 4, jax.devices()
 recipe = sys.argv[1]
 cfg = initial(recipe)
-plan = runtime.for_this_machine(cfg.model)
+# Loss chunks of 64 rows (512-token vocab): several per device, so a scan over rows split by device shows.
+plan = dataclasses.replace(runtime.for_this_machine(cfg.model), loss_chunk_bytes=64 * 512 * 4)
 config = GPTConfig.for_recipe(recipe, 2, 512, 64, "SL")
 graphdef, params = split_params(GPT(config, runtime=plan, rngs=nnx.Rngs(0)))
 tx = build_optimizer(params, config, cfg, "base", runtime=plan, scaling=Scaling(num_steps=100))
@@ -62,6 +63,9 @@ def run(mesh, rows=slice(None), micro_batches=2):
     if sharding.fsdp_size(mesh) > 1:  # Muon's stacks are split over fsdp (each device its share)
         text = train_step.lower(state, b, np.float32(1.0)).as_text()
         assert '[{"fsdp"}, {}, {}]' in text, "no fsdp constraint on Muon's stacks"
+    elif sharding.batch_devices(mesh) > 1:  # data parallel: every device works on its own rows only
+        text = train_step.lower(state, b, np.float32(1.0)).compile().as_text()
+        assert "all-gather" not in text, "a data-parallel step gathers rows (the loss: sharding.sum_over_rows)"
     for _ in range(3):
         state, metrics = train_step(state, b, 1.0)
     return state, (float(metrics["loss"]), float(metrics["grad_norm"]))  # Muon and Adam hide a gradient's scale: check it

@@ -143,7 +143,8 @@ def evaluate_bpb(graphdef: nnx.GraphDef, params: Any, batches: Iterable[Batch], 
     totals = _totals(mesh)
     for i, batch in enumerate(batches):
         inputs, targets = _on_devices(*_arrays(batch, i), mesh)
-        totals = _bpb_step(graphdef, params, totals, inputs, targets, table)
+        with sharding.using(mesh):  # the loss splits its work by device (sharding.sum_over_rows)
+            totals = _bpb_step(graphdef, params, totals, inputs, targets, table)
     nats, n_bytes = _read(totals)  # the one host sync
     if n_bytes <= 0:
         raise JaxchatError("evaluate_bpb: the batches hold no target token with bytes (empty or all special/-1)")
@@ -160,7 +161,8 @@ def evaluate_loss(graphdef: nnx.GraphDef, params: Any, batches: Iterable[Batch],
     totals = _totals(mesh)
     for i, batch in enumerate(batches):
         inputs, targets = _on_devices(*_arrays(batch, i), mesh)
-        totals = _loss_step(graphdef, params, totals, inputs, targets)
+        with sharding.using(mesh):  # the loss splits its work by device (sharding.sum_over_rows)
+            totals = _loss_step(graphdef, params, totals, inputs, targets)
     nats, count = _read(totals)
     if count <= 0:
         raise JaxchatError("evaluate_loss: the batches hold no target token (empty, or every target is -1)")

@@ -53,7 +53,7 @@ def _head_loss_sum_impl(h, kernel, targets, rows, dtype, softcap, with_grads):
         dkernel = dkernel + jnp.dot(hc.astype(dtype).T, dl, preferred_element_type=jnp.float32)
         return dkernel, (nll.sum(), dh)
 
-    dkernel, (losses, dh) = jax.lax.scan(body, jnp.zeros(kernel.shape, jnp.float32), xs)
+    dkernel, (losses, dh) = jax.lax.scan(body, jnp.zeros_like(kernel, jnp.float32), xs)  # _like: keeps shard_map's type
     if not with_grads:
         return losses.sum()
     return losses.sum(), dh.reshape(h.shape), dkernel.astype(kernel.dtype)

@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxchat import sharding
 from jaxchat.kernels.attention import cached_attention, causal_attention
 from jaxchat.kernels.dense import dense_dot_general
 from jaxchat.kernels.head_loss import chunk_rows, head_loss_sum
@@ -380,8 +381,11 @@ class GPT(nnx.Module):
         """``cross_entropy(self.logits(x), targets, reduction)`` through the fused head+loss kernel,
         which never holds the (N, V) float32 logits at once."""
         kernel = self.lm_head.kernel[...][:, :self.config.vocab_size]  # without the padding columns
-        rows = chunk_rows(x.shape[0], kernel.shape[1], self.runtime.loss_chunk_bytes)
-        total = head_loss_sum(rms_norm(x), kernel, targets, rows, self.runtime.dtype, SOFTCAP)
+        def loss_sum(h, kernel, targets):  # on each device's own rows (sharding.sum_over_rows)
+            rows = chunk_rows(h.shape[0], kernel.shape[1], self.runtime.loss_chunk_bytes)
+            return head_loss_sum(h, kernel, targets, rows, self.runtime.dtype, SOFTCAP)
+
+        total = sharding.sum_over_rows(loss_sum, rms_norm(x), kernel, targets, whole=(1,))
         if reduction == "sum":
             return total
         return total / jnp.maximum((targets != -1).sum(), 1)

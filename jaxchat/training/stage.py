@@ -326,15 +326,9 @@ class Stage:
         return f" × {self.devices} devices (rows per device)" if self.devices > 1 else ""
 
     def micro_batches(self, rows_per_step: int, rows: int, what: str) -> int:
-        """Micro-batches per step: ``rows_per_step`` ÷ (``rows`` per device × the devices). JaxchatError
-        naming the numbers when it does not divide (``what``: the setting behind ``rows_per_step``)."""
-        per_micro_batch = rows * self.devices
-        if rows_per_step % per_micro_batch:
-            raise JaxchatError(
-                f"{self.name}: {what} is not a multiple of {rows} rows ({self.name}.device_batch_size, per device) "
-                f"× {self.devices} device{'s' if self.devices > 1 else ''} = {per_micro_batch} rows; change "
-                f"{self.name}.device_batch_size or the batch")
-        return rows_per_step // per_micro_batch
+        """Micro-batches per step on this stage's devices (``fit.micro_batches``, which refuses a
+        batch that does not divide)."""
+        return fit.micro_batches(self.name, rows_per_step, rows, self.devices, what)
 
     def _device_batches(self, iterator, accum: int, mesh):
         """Host batches (accum·B, T) → device batches (accum, B, T), prefetched; the returned

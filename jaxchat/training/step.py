@@ -89,18 +89,16 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
 
 class _OnMesh:
-    """A jitted function called (and lowered) with ``mesh`` as JAX's current abstract mesh: Muon
-    reads it while tracing (``sharding.constrain_stack``)."""
+    """A jitted function called (and lowered) under ``sharding.using(mesh)``: Muon and the loss read
+    the mesh while tracing (``sharding.constrain_stack``, ``sharding.sum_over_rows``)."""
 
     def __init__(self, jitted: Any, mesh: Mesh):
         self._jitted, self._mesh = jitted, mesh
 
-    # Only the abstract mesh: ``jax.set_mesh`` would also send the eager ops of tracing (constants) to
-    # the mesh's devices, which cannot run them when they are compile-only GPUs (jaxchat.fit).
     def __call__(self, *args: Any) -> Any:
-        with jax.sharding.use_abstract_mesh(self._mesh.abstract_mesh):
+        with sharding.using(self._mesh):
             return self._jitted(*args)
 
     def lower(self, *args: Any) -> Any:
-        with jax.sharding.use_abstract_mesh(self._mesh.abstract_mesh):
+        with sharding.using(self._mesh):
             return self._jitted.lower(*args)
