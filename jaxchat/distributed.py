@@ -168,6 +168,18 @@ def gather(value: int) -> list[int]:
     return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).reshape(-1)]
 
 
+def preempted(step: int) -> bool:
+    """Several processes: has a preemption notice (SIGTERM to any process, which JAX's distributed
+    runtime catches and spreads) reached the step every process agreed to stop at? Call it at every
+    step, in every process, from the same first step (JAX's preemption sync protocol). One process:
+    False (SIGTERM keeps its default: the run dies, and resumes from its last checkpoint)."""
+    if process_count() == 1:
+        return False
+    from jax.experimental import multihost_utils  # lazy: as in initialize
+
+    return multihost_utils.reached_preemption_sync_point(step)
+
+
 def barrier(name: str) -> None:
     """Every process waits here until all have arrived (no-op with one process)."""
     if process_count() > 1:

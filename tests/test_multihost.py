@@ -182,6 +182,43 @@ def test_two_processes_resume_and_match_one_process(home):
         assert np.linalg.norm(difference[k]) <= 0.1 * np.linalg.norm(single[k]), k
 
 
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step_with_a_checkpoint(home):
+    """A SIGTERM (a scheduler's preemption notice) to process 1 while both train: JAX's distributed
+    runtime catches it and spreads it, both stop at the step they agree on, save it, exit 130."""
+    env = env_for(home, 2)
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, str(home.parent / "driver.py"), *BASE, "--tag=term", "--base.num_iterations=400",
+               "--checkpoint.save_every=-1", f"--dist.coordinator={address}", "--dist.num_processes=2"]
+    logs = home.parent / "logs" / "term"
+    logs.mkdir(parents=True)
+    outputs = [logs / f"process{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for i, out in enumerate(outputs):
+            with out.open("wb") as f:
+                procs.append(subprocess.Popen([*command, f"--dist.process_id={i}"], cwd=ROOT, env=env, stdout=f,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while "base step 00003" not in outputs[0].read_text(errors="replace"):
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, outputs[0].read_text()
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=30)
+    texts = [out.read_text(errors="replace") for out in outputs]
+    assert [p.returncode for p in procs] == [130, 130], texts
+    directory, step = find_checkpoint("base", "term", home=home)
+    assert 3 <= step < 400 and damage(directory / str(step)) is None
+    assert f"base stopped after step {step}" in texts[0], texts[0]
+    records = [r for r in MetricsLogger.read(home / "report" / "base_term.jsonl") if "loss" in r]
+    assert records[-1]["step"] == step  # every step trained was saved: nothing lost
+
+
 def test_a_process_that_cannot_reach_the_coordinator_says_so_in_one_line(tmp_path):
     """Process 1 with nobody at the coordinator's address, and process 0 alone: one line each, exit 2."""
     from jaxchat import distributed

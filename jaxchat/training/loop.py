@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxchat.common import JaxchatError
-from jaxchat.distributed import gather, is_primary, process_count
+from jaxchat.distributed import gather, is_primary, preempted, process_count
 from jaxchat.training.step import TrainState
 
 # An eval hook: (every, fn(state) -> {metric: float}); every ≤ 0 → only at the end.
@@ -210,9 +210,12 @@ STOP_CHECK_EVERY = 16
 
 def _stop_agreed(step: int) -> bool:
     """Stop before ``step``? One process: when asked. Several: when any was asked, checked every
-    ``STOP_CHECK_EVERY`` steps (every process reaches the same steps, so they agree at the same one)."""
+    ``STOP_CHECK_EVERY`` steps (every process reaches the same steps, so they agree at the same one),
+    or at the step they agreed on after a SIGTERM (``distributed.preempted``, asked at every step)."""
     if process_count() == 1:
         return STOP.requested()
+    if preempted(step):
+        return True
     return step % STOP_CHECK_EVERY == 0 and any(gather(int(STOP.requested())))
 
 
