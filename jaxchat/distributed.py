@@ -23,10 +23,12 @@ import socket
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 from jaxchat.common import JaxchatError
 
 INIT_TIMEOUT_S = 300  # how long a process waits for the coordinator and the others (JAX's default)
+PRIMARY_WORK_TIMEOUT_S = 48 * 3600  # how long the others wait for process 0's one-process work
 _EXIT_STATUS = 2  # cli.USAGE_ERROR: what a JaxchatError exits with
 
 
@@ -187,3 +189,26 @@ def barrier(name: str) -> None:
 
         multihost_utils.sync_global_devices(name)
 
+
+
+def on_primary(name: str, work: Callable[[], Any]) -> None:
+    """Run ``work`` in process 0 only: work that writes shared files once (a tokenizer, the report).
+    The other processes wait until it is done, through the coordinator's key-value store (no device
+    collective: it may take hours), and fail with one line naming its error if it failed."""
+    if process_count() == 1:
+        work()
+        return
+    from jax._src import distributed as runtime  # the coordinator's client: not exported by jax.distributed
+
+    client, key = runtime.global_state.client, f"jaxchat/on_primary/{name}"
+    if not is_primary():
+        outcome = client.blocking_key_value_get(key, PRIMARY_WORK_TIMEOUT_S * 1000)
+        if outcome != "done":
+            raise JaxchatError(f"{name}: process 0 {outcome}")
+        return
+    try:
+        work()
+    except BaseException as error:
+        client.key_value_set(key, f"failed: {error}")
+        raise
+    client.key_value_set(key, "done")

@@ -8,9 +8,10 @@ network: run it first, as ``runs/speedrun_1gpu.sh`` does).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
-from jaxchat import stages
+from jaxchat import distributed, stages
 from jaxchat.checkpoint import checkpoint_dir, committed_steps, read_meta
 from jaxchat.common import JaxchatError, jaxchat_home
 from jaxchat.config import RunConfig
@@ -95,7 +96,8 @@ def run_all(cfg: RunConfig) -> None:
     report (the 2026 recipe has no mid).
 
     An existing tokenizer is kept (retraining it under checkpoints trained with it would orphan
-    them). With ``--resume``, finished stages are skipped, the interrupted one continues from its
+    them). With several processes, a stage that writes shared files once (the tokenizer, the report)
+    runs in process 0 while the others wait for it. With ``--resume``, finished stages are skipped, the interrupted one continues from its
     latest checkpoint and the rest start fresh, so re-running the same command after a crash loses nothing.
     """
     # Later stages start from this run's checkpoints, never from an older one with another tag.
@@ -113,7 +115,10 @@ def run_all(cfg: RunConfig) -> None:
                 print(f"{stage.name}: already finished for tag {cfg.run_tag}, skipping")
                 continue
             stage_cfg = dataclasses.replace(cfg, resume=status == "partial")
-        stage.run(stage_cfg)
+        if "dist" in stage.sections:  # every process takes part
+            stage.run(stage_cfg)
+        else:  # files written once, on the shared $JAXCHAT_HOME (the tokenizer, the report)
+            distributed.on_primary(stage.name, functools.partial(stage.run, stage_cfg))
         if stage.chat_evaluated:
             chat_eval(cfg, stage.name)
     print(f"done: everything is in {jaxchat_home()}")

@@ -73,10 +73,11 @@ def env_for(home: Path, devices: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_processes(commands: list[list[str]], env: dict[str, str], logs: Path, timeout_s: float = RUN_TIMEOUT_S
-                  ) -> list[tuple[int, str]]:
+def run_processes(commands: list[list[str]], env: dict[str, str], logs: Path, timeout_s: float = RUN_TIMEOUT_S,
+                  kill_on_failure: bool = True) -> list[tuple[int, str]]:
     """Start every command at once; (exit status, output) of each. All are killed when one fails (the
-    others would wait for it in a collective) or when ``timeout_s`` passes."""
+    others would wait for it in a collective; unless ``kill_on_failure`` is false) or when ``timeout_s``
+    passes."""
     logs.mkdir(parents=True, exist_ok=True)
     outputs = [logs / f"process{i}.log" for i in range(len(commands))]
     procs = []
@@ -87,7 +88,7 @@ def run_processes(commands: list[list[str]], env: dict[str, str], logs: Path, ti
                                               start_new_session=True))
         deadline = time.monotonic() + timeout_s
         while any(p.poll() is None for p in procs):
-            failed = [p for p in procs if p.poll() not in (None, 0, 130)]
+            failed = [p for p in procs if p.poll() not in (None, 0, 130)] if kill_on_failure else []
             if failed or time.monotonic() > deadline:
                 time.sleep(0.5 if failed else 0)  # let a failing process finish printing
                 break
@@ -217,6 +218,44 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step_with_a_chec
     assert f"base stopped after step {step}" in texts[0], texts[0]
     records = [r for r in MetricsLogger.read(home / "report" / "base_term.jsonl") if "loss" in r]
     assert records[-1]["step"] == step  # every step trained was saved: nothing lost
+
+
+def test_one_process_work_runs_in_process_0_while_the_others_wait(tmp_path):
+    """``distributed.on_primary`` (``--stage=all``'s tokenizer and report): process 0 alone does the work,
+    process 1 returns only after it is done; a failure in process 0 is process 1's one-line error."""
+    code = """if True:
+        import sys, time
+        from pathlib import Path
+        from jaxchat import cli, distributed
+        from jaxchat.common import JaxchatError
+        from jaxchat.config import DistSection
+        address, pid, out, fail = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "fail"
+        def work():
+            time.sleep(2)  # process 1 must wait for this
+            if fail:
+                raise JaxchatError("the tokenizer's data is missing")
+            (out / f"written_by_{pid}").write_text("")
+        def run():
+            distributed.initialize(DistSection(coordinator=address, num_processes=2, process_id=pid))
+            distributed.on_primary("tokenizer", work)
+            assert (out / "written_by_0").is_file()  # in process 1 too: it waited
+            print("RETURNED")
+        sys.exit(cli.report_errors(run))
+    """
+    env = env_for(tmp_path, 1)
+    for mode in ("ok", "fail"):
+        out = tmp_path / mode
+        out.mkdir()
+        address = f"127.0.0.1:{free_port()}"
+        results = run_processes([[sys.executable, "-c", code, address, str(i), str(out), mode] for i in range(2)],
+                                env, tmp_path / f"logs_{mode}", timeout_s=120, kill_on_failure=False)
+        if mode == "ok":
+            assert [rc for rc, _ in results] == [0, 0] and all("RETURNED" in text for _, text in results), results
+            assert [p.name for p in out.iterdir()] == ["written_by_0"]
+        else:
+            assert [rc for rc, _ in results] == [2, 2], results
+            assert "error: the tokenizer's data is missing" in results[0][1]
+            assert "error: tokenizer: process 0 failed: the tokenizer's data is missing" in results[1][1], results[1][1]
 
 
 def test_a_process_that_cannot_reach_the_coordinator_says_so_in_one_line(tmp_path):
