@@ -105,7 +105,7 @@ def place(tree: Any, mesh: Mesh) -> Any:
 
 
 def constrain_stack(x: Any) -> Any:
-    """Inside a jitted step under the mesh (``step._OnMesh``): give each ``fsdp`` device a share of a
+    """Inside a jitted step under the mesh (``using``): give each ``fsdp`` device a share of a
     stack of matrices (k, m, n) to orthogonalise, like nanochat 16788ee's DistMuon; GSPMD moves the
     slices in and all-gathers the results. No-op without fsdp (docs/DESIGN.md §17 on why not gather each)."""
     mesh = jax.sharding.get_abstract_mesh()
