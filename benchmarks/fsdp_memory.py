@@ -375,8 +375,7 @@ def _squeezed_fact(squeezed: list[tuple[int, int, int, int]]) -> str:
             "not squeeze a program on its own. Near the limit XLA's default options change the peak, either way: "
             "the last column compiles the first depth that does not fit with them"
             + (f"; lower for {lower}" if lower else "") + (f"; higher for {higher}" if higher else "")
-            + ". (For d68 at fsdp 8, read 2026-11-30, XLA's rematerialisation pass reported 1.6 GiB of the "
-            "saving; the rest is its memory-aware schedule.) The table's answers are what the programs need "
+            + ". The table's answers are what the programs need "
             "unsqueezed; whether a squeezed program fits a real run is for a GPU to tell.")
 
 
@@ -394,7 +393,7 @@ def _facts(args, out: list[Row], probes: dict[tuple[int, int], Row]) -> list[str
                          "At d20, fsdp = 1, "
                          "XLA's buffer assignment (`--xla_dump_to`, read 2026-11-30) has the recomputed MLP "
                          "activations of 17 of the 20 layers live at the peak: far below the card's limit, XLA's "
-                         "scheduler runs the recomputations early and keeps them (the same 16.19 GiB with XLA's "
+                         "scheduler runs the recomputations early and keeps them (the same peak with XLA's "
                          "default options), so a peak far from the limit is what this schedule uses, not the "
                          "least the program can run in.")
             break
@@ -406,7 +405,7 @@ def _facts(args, out: list[Row], probes: dict[tuple[int, int], Row]) -> list[str
         facts.append("More fsdp is not always less memory: with remat, fsdp = 8 (data = 1) peaks higher than fsdp = 4 "
                      "at " + "; ".join(f"d{d} ({gib(a)} against {gib(b)} GiB)" for d, a, b in worse)
                      + ": its parameters and optimizer state halve, its temporaries grow more (more layers' "
-                     "activations live at the peak in the d26 buffer assignment: 8 MLP hidden buffers against 5).")
+                     "activations live at the peak in the d26 buffer assignment read 2026-11-30: 8 MLP hidden buffers against 5).")
     return facts
 
 
@@ -506,7 +505,8 @@ def muon_conclusion(results: dict[str, tuple[fit.Memory, float, float]]) -> str:
         if variant not in results:
             continue
         m, f, sent = results[variant]
-        better = {"peak": m_split.peak <= m.peak, "matmul FLOPs": f_split <= f, "bytes sent": s_split <= sent}
+        # Within 0.5 %: the same peak (a few buffers' alignment), not a loss.
+        better = {"peak": m_split.peak <= m.peak * 1.005, "matmul FLOPs": f_split <= f, "bytes sent": s_split <= sent}
         verdicts.append((variant, better, f"{MUON_NAMES[variant]}: peak {gib(m.peak)} GiB against "
                          f"{gib(m_split.peak)}, matmul {f / 1e12:.2f} TFLOP per device against {f_split / 1e12:.2f}, "
                          f"{gib(sent)} GiB sent per device against {gib(s_split)}"))
