@@ -273,3 +273,64 @@ def test_several_cpu_devices(tmp_path):
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ck")], cwd=REPO, env=env, timeout=120,
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+EIGHT_WAY = r"""
+import sys
+from pathlib import Path
+import jax, numpy as np
+from flax import nnx
+from jaxchat import checkpoint as ck, runtime, sharding
+from jaxchat.model import GPT, GPTConfig, split_params
+from jaxchat.optim import OptimConfig, make_optimizer, muon_momentum_warmup
+from jaxchat.training import init_train_state, make_train_step
+from jaxchat.training.build import abstract_state
+
+assert jax.device_count() == 8, jax.devices()
+config = GPTConfig.from_depth(2, vocab_size=512, sequence_len=32)
+graphdef, params = split_params(GPT(config, runtime=runtime.Runtime(), rngs=nnx.Rngs(0)))
+tx = make_optimizer(params, config.n_embd, OptimConfig(), 1.0, muon_momentum_warmup())
+eight, one = sharding.make_mesh(8), sharding.make_mesh(1, jax.devices()[:1])
+state = sharding.place(init_train_state(params, tx), eight)
+step = make_train_step(graphdef, tx, mesh=eight, state_sharding=sharding.state_shardings(state, eight))
+tokens = np.random.default_rng(0).integers(0, 512, (1, 8, 33)).astype(np.int32)
+batch = sharding.put_batch({"inputs": tokens[..., :-1], "targets": tokens[..., 1:]}, sharding.batch_sharding(eight), 1)
+for _ in range(2):  # a trained optimizer state, not zeros
+    state, _ = step(state, batch, 1.0)
+split = [x for x in jax.tree.leaves(state) if not x.sharding.is_fully_replicated]
+assert split and all(x.addressable_shards[0].data.size * 8 == x.size for x in split)
+meta = {"model_config": {}, "tokenizer_fingerprint": "test"}
+saved = jax.device_get(state)
+
+def restore(directory, mesh):
+    target = sharding.abstract_on(abstract_state(params, tx), mesh)
+    with ck.StageCheckpointer(Path(directory), async_save=False) as c:
+        p, o, _, _ = c.restore(None, target.params, target.opt_state)
+    return p, o
+
+def same(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+with ck.StageCheckpointer(Path(sys.argv[1]) / "eight", async_save=False) as c:
+    c.save(2, state.params, state.opt_state, None, meta)
+p, o = restore(Path(sys.argv[1]) / "eight", one)  # 8-way → 1 device
+assert all(x.sharding.device_set == {jax.devices()[0]} for x in jax.tree.leaves((p, o)))
+same((p, o), (saved.params, saved.opt_state))
+with ck.StageCheckpointer(Path(sys.argv[1]) / "one", async_save=False) as c:
+    c.save(2, p, o, None, meta)
+p, o = restore(Path(sys.argv[1]) / "one", eight)  # and back
+split = [x for x in jax.tree.leaves((p, o)) if not x.sharding.is_fully_replicated]
+assert len(split) == len([x for x in jax.tree.leaves(state) if not x.sharding.is_fully_replicated])
+assert all(x.addressable_shards[0].data.size * 8 == x.size for x in split)
+same((p, o), (saved.params, saved.opt_state))
+print("EIGHT_WAY_OK")
+"""
+
+
+def test_sharded_state_moves_from_8_way_to_one_device_and_back(tmp_path):
+    """Parameters and a trained optimizer state split 8 ways (mesh.fsdp=8 on 8 fake devices) restore
+    onto 1 device bit for bit, and a 1-device checkpoint onto the 8-way layout (1/8 on each device)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", EIGHT_WAY, str(tmp_path)], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0 and "EIGHT_WAY_OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
