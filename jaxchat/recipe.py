@@ -115,7 +115,7 @@ def run_all(cfg: RunConfig) -> None:
                 print(f"{stage.name}: already finished for tag {cfg.run_tag}, skipping")
                 continue
             stage_cfg = dataclasses.replace(cfg, resume=status == "partial")
-        if "dist" in stage.sections:  # every process takes part
+        if stage.sections is None or "dist" in stage.sections:  # every process takes part (None: reads all)
             stage.run(stage_cfg)
         else:  # files written once, on the shared $JAXCHAT_HOME (the tokenizer, the report)
             distributed.on_primary(stage.name, functools.partial(stage.run, stage_cfg))
