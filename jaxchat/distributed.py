@@ -190,7 +190,6 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-
 def on_primary(name: str, work: Callable[[], Any]) -> None:
     """Run ``work`` in process 0 only: work that writes shared files once (a tokenizer, the report).
     The other processes wait until it is done, through the coordinator's key-value store (no device

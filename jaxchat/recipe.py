@@ -97,8 +97,9 @@ def run_all(cfg: RunConfig) -> None:
 
     An existing tokenizer is kept (retraining it under checkpoints trained with it would orphan
     them). With several processes, a stage that writes shared files once (the tokenizer, the report)
-    runs in process 0 while the others wait for it. With ``--resume``, finished stages are skipped, the interrupted one continues from its
-    latest checkpoint and the rest start fresh, so re-running the same command after a crash loses nothing.
+    runs in process 0 while the others wait for it. With ``--resume``, finished stages are skipped,
+    the interrupted one continues from its latest checkpoint and the rest start fresh, so re-running
+    the same command after a crash loses nothing.
     """
     # Later stages start from this run's checkpoints, never from an older one with another tag.
     cfg = dataclasses.replace(cfg, source_tag="", source_step=-1)
