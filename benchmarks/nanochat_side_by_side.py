@@ -593,11 +593,16 @@ def throughput_lines(r: dict) -> list[str]:
               f"{a['skip']}):", ""]
     if not t.get("pairs"):
         return lines + ["(no pairs in this run)", ""]
-    lines += ["| pair | first | nanochat median step | jaxchat median step | jaxchat / nanochat tokens/s |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {p['pair']} | {p['first']} | {p['nanochat']:.2f} s | {p['jaxchat']:.2f} s | {p['ratio']:.2f}× |"
-              for p in t["pairs"]]
-    return lines + ["", f"Median over the pairs: **{t['pairs_ratio']:.2f}×**.", ""]
+    return lines + pairs_table(t["pairs"]) + [""]
+
+
+def pairs_table(pairs: list[dict]) -> list[str]:
+    """The pairs' step times and ratios (``pair_ratios``), and their median."""
+    return ["| pair | first | nanochat median step | jaxchat median step | jaxchat / nanochat tokens/s |",
+            "|---|---|---|---|---|",
+            *(f"| {p['pair']} | {p['first']} | {p['nanochat']:.2f} s | {p['jaxchat']:.2f} s | {p['ratio']:.2f}× |"
+              for p in pairs),
+            "", f"Median over the pairs: **{statistics.median(p['ratio'] for p in pairs):.2f}×**."]
 
 
 def equal_time_lines(r: dict) -> list[str]:
@@ -841,21 +846,6 @@ def main(argv=None) -> int:
     if args.pairs_only and (args.write_md or args.from_json or args.pairs < 1):
         raise SystemExit("--pairs-only needs --pairs ≥ 1 and prints its table: it cannot be combined with "
                          "--write-md or --from-json")
-    if args.pairs_only:
-        t_start = time.perf_counter()
-        work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="nanochat_sbs_"))
-        result = {"args": vars(args), "runs": run_all(args, prepare(args, work))}
-        pairs = pair_ratios(result)
-        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
-        print("\n| pair | first | nanochat median step | jaxchat median step | jaxchat / nanochat tokens/s |\n"
-              "|---|---|---|---|---|")
-        for p in pairs:
-            print(f"| {p['pair']} | {p['first']} | {p['nanochat']:.2f} s | {p['jaxchat']:.2f} s | {p['ratio']:.2f}× |")
-        print(f"\nMedian over the pairs: {statistics.median(p['ratio'] for p in pairs):.2f}× "
-              f"({(time.perf_counter() - t_start) / 60:.1f} min)")
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-        return 0
     if args.from_json:  # render the report of a saved run again (no training)
         result = summarize(load_json(args.from_json))
     else:
@@ -864,6 +854,13 @@ def main(argv=None) -> int:
         print(f"working in {work}; {cpu_cores()} CPU cores", flush=True)
         setup = prepare(args, work)
         runs = run_all(args, setup)
+        if args.pairs_only:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1, default=str))
+            if not args.workdir:
+                shutil.rmtree(work, ignore_errors=True)
+            print("\n" + "\n".join(pairs_table(pair_ratios({"args": vars(args), "runs": runs}))))
+            print(f"total time {(time.perf_counter() - t_start) / 60:.1f} min")
+            return 0
         result = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "args": vars(args),
                   "machine": machine_facts(), "runs": runs,
                   **{k: setup[k] for k in ("corpus", "epochs", "tokenizer", "val_batches_identical",
