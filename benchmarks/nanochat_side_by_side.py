@@ -44,6 +44,9 @@ Same data, same tokenizer, same shape
       fallback honours the window with an explicit mask: checked numerically here), float32 compute
       (nanochat's COMPUTE_DTYPE on a machine without CUDA; its Polar Express casts to bf16 only when
       COMPUTE_DTYPE is bf16, so it runs in float32 too, as jaxchat's does in its compute dtype).
+      ``--dtype=bfloat16`` runs both sides in bf16 instead (nanochat's ``NANOCHAT_DTYPE=bfloat16``,
+      jaxchat's ``--model.dtype=bfloat16``; master weights float32 on both): for CPUs with bf16
+      matmul units (AMX), where that is what a user would pick.
       nanochat scales its LRs by √(B/2¹⁹) and its Muon weight decay by √(B/2¹⁹)·D₁₂/D; the lines
       each side prints for that are compared.
     * nanochat prints a debiased EMA (β = 0.9) of the loss of the LAST micro-batch of each step; the
@@ -140,6 +143,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=4, help="short nanochat/jaxchat runs back to back for the tokens/s ratio")
     p.add_argument("--pair-steps", type=int, default=40, help="steps of each run of a pair (no evals)")
     p.add_argument("--pairs-only", action="store_true", help="run only the pairs and print their tokens/s ratios")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype of both sides (nanochat's NANOCHAT_DTYPE, jaxchat's --model.dtype)")
     p.add_argument("--nanochat-seeds", type=_seeds, default=(NANOCHAT_SEED, 43),
                    help="torch seeds of the nanochat runs (42 is base_train's own)")
     p.add_argument("--jaxchat-seeds", type=_seeds, default=(0, 1), help="--seed of the jaxchat 2026 runs")
@@ -386,7 +391,7 @@ def run_nanochat(src: Path, base_dir: Path, args, log_dir: Path, seed: int, step
 def jaxchat_command(args, recipe: str, tag: str, seed: int, steps: int, eval_every: int) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), "--stage=base", f"--recipe={recipe}", f"--tag={tag}",
             f"--seed={seed}", f"--model.depth={args.depth}", f"--model.sequence_len={SEQ_LEN}",
-            "--model.dtype=float32", f"--tokenizer.vocab_size={args.vocab}",
+            f"--model.dtype={args.dtype}", f"--tokenizer.vocab_size={args.vocab}",
             f"--base.device_batch_size={DEVICE_BATCH}", f"--base.total_batch_size={args.total_batch}",
             f"--base.num_iterations={steps}", f"--base.eval_every={eval_every}",
             f"--base.eval_tokens={args.eval_tokens}", "--base.core_every=0",
@@ -532,9 +537,9 @@ def setup_lines(r: dict) -> list[str]:
         "- window pattern SSSL: nanochat's CPU attention (SDPA with an explicit mask) honours the sliding window "
         f"({'checked' if r['nanochat_attention']['sliding_window_honoured'] else 'NOT honoured'}); it computes the "
         "masked-out scores too.",
-        f"- float32 compute: nanochat's COMPUTE_DTYPE here is `{r['nanochat_attention']['compute_dtype']}`, and its "
-        "Polar Express casts to bf16 only when COMPUTE_DTYPE is bf16, so it runs in float32 like jaxchat's (which "
-        "runs in the compute dtype).",
+        f"- {a.get('dtype', 'float32')} compute: nanochat's COMPUTE_DTYPE here is "
+        f"`{r['nanochat_attention']['compute_dtype']}`, and its Polar Express runs in it (bf16 only when "
+        "COMPUTE_DTYPE is bf16), like jaxchat's (which runs in the compute dtype).",
         f"- LR and weight-decay scaling: nanochat prints `{r['scaling']['nanochat_lr']}` and "
         f"`{r['scaling']['nanochat_wd']}`, jaxchat's plan `{r['scaling']['jaxchat']}` "
         f"({'the same' if r['scaling']['same'] else 'DIFFERENT'}); the per-step LR multipliers agree.",
@@ -843,6 +848,7 @@ def load_json(path: str) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    os.environ["NANOCHAT_DTYPE"] = args.dtype  # read by nanochat's common.py, here and in its runs
     if args.pairs_only and (args.write_md or args.from_json or args.pairs < 1):
         raise SystemExit("--pairs-only needs --pairs ≥ 1 and prints its table: it cannot be combined with "
                          "--write-md or --from-json")
@@ -858,7 +864,8 @@ def main(argv=None) -> int:
             Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1, default=str))
             if not args.workdir:
                 shutil.rmtree(work, ignore_errors=True)
-            print("\n" + "\n".join(pairs_table(pair_ratios({"args": vars(args), "runs": runs}))))
+            print(f"\n{args.dtype} compute on both sides")
+            print("\n".join(pairs_table(pair_ratios({"args": vars(args), "runs": runs}))))
             print(f"total time {(time.perf_counter() - t_start) / 60:.1f} min")
             return 0
         result = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "args": vars(args),
