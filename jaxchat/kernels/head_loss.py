@@ -6,6 +6,10 @@ time. On a GPU that is what makes a d20 step fit (32×2048 rows × 65,536 float3
 16 GiB); on a CPU, small chunks keep each chunk's passes over its logits within the caches: at d4
 (V=8192, 2 cores, 32 MB L3) 512-row chunks beat 128-row ones by ~2-4 % of the whole train step and
 1024 rows are slower again (measured), hence the CPU's 16 MB budget.
+
+``transposed_copies`` (the CPU runtime's choice, ``jaxchat.kernels.dense``): in bf16 the two gradient
+products take row-major transposed copies (of the kernel once, of each chunk's rows), without which
+XLA:CPU computes them in float32.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from jaxchat.kernels.dense import transposed_copy
 
 
 def chunk_rows(rows: int, vocab: int, budget_bytes: int) -> int:
@@ -35,9 +41,11 @@ def _head_loss_chunk(h, kernel, targets, dtype, softcap):
     return nll, tanh, exp, valid
 
 
-def _head_loss_sum_impl(h, kernel, targets, rows, dtype, softcap, with_grads):
+def _head_loss_sum_impl(h, kernel, targets, rows, dtype, softcap, with_grads, transposed_copies):
     chunks = h.shape[0] // rows
     xs = (h.reshape(chunks, rows, h.shape[1]), targets.reshape(chunks, rows))
+    copies = transposed_copies and with_grads and jnp.dtype(dtype) != jnp.float32
+    kernel_t = transposed_copy(kernel.astype(dtype)) if copies else None
 
     def body(dkernel, chunk):
         hc, tc = chunk
@@ -49,8 +57,10 @@ def _head_loss_sum_impl(h, kernel, targets, rows, dtype, softcap, with_grads):
         onehot = (jnp.arange(exp.shape[-1])[None, :] == tc[:, None]) & valid[:, None]
         dlogits = (exp * inv_sum - onehot) * (1.0 - tanh * tanh)
         dl = dlogits.astype(dtype)
-        dh = jnp.dot(dl, kernel.astype(dtype).T, preferred_element_type=jnp.float32).astype(h.dtype)
-        dkernel = dkernel + jnp.dot(hc.astype(dtype).T, dl, preferred_element_type=jnp.float32)
+        kt = kernel_t if copies else kernel.astype(dtype).T
+        dh = jnp.dot(dl, kt, preferred_element_type=jnp.float32).astype(h.dtype)
+        hc_t = transposed_copy(hc.astype(dtype)) if copies else hc.astype(dtype).T
+        dkernel = dkernel + jnp.dot(hc_t, dl, preferred_element_type=jnp.float32)
         return dkernel, (nll.sum(), dh)
 
     dkernel, (losses, dh) = jax.lax.scan(body, jnp.zeros_like(kernel, jnp.float32), xs)  # _like: keeps shard_map's type
@@ -59,9 +69,9 @@ def _head_loss_sum_impl(h, kernel, targets, rows, dtype, softcap, with_grads):
     return losses.sum(), dh.reshape(h.shape), dkernel.astype(kernel.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def head_loss_sum(h: jax.Array, kernel: jax.Array, targets: jax.Array, rows: int, dtype,
-                  softcap: float) -> jax.Array:
+                  softcap: float, transposed_copies: bool = False) -> jax.Array:
     """Σ cross-entropy of softcap·tanh(h @ kernel / softcap) over targets ≠ −1, logits never materialised.
 
     h (N, D), kernel (D, V), targets (N,) int; the matmul runs in ``dtype`` with float32 results.
@@ -70,15 +80,15 @@ def head_loss_sum(h: jax.Array, kernel: jax.Array, targets: jax.Array, rows: int
     still in cache (the loss is a sum, so they only scale by the incoming cotangent): the logits are
     never stored for the backward pass.
     """
-    return _head_loss_sum_impl(h, kernel, targets, rows, dtype, softcap, with_grads=False)
+    return _head_loss_sum_impl(h, kernel, targets, rows, dtype, softcap, False, transposed_copies)
 
 
-def _head_loss_sum_fwd(h, kernel, targets, rows, dtype, softcap):
-    loss, dh, dkernel = _head_loss_sum_impl(h, kernel, targets, rows, dtype, softcap, with_grads=True)
+def _head_loss_sum_fwd(h, kernel, targets, rows, dtype, softcap, transposed_copies):
+    loss, dh, dkernel = _head_loss_sum_impl(h, kernel, targets, rows, dtype, softcap, True, transposed_copies)
     return loss, (dh, dkernel)
 
 
-def _head_loss_sum_bwd(rows, dtype, softcap, residuals, g):
+def _head_loss_sum_bwd(rows, dtype, softcap, transposed_copies, residuals, g):
     dh, dkernel = residuals
     return (g * dh).astype(dh.dtype), (g * dkernel).astype(dkernel.dtype), None
 

@@ -383,7 +383,8 @@ class GPT(nnx.Module):
         kernel = self.lm_head.kernel[...][:, :self.config.vocab_size]  # without the padding columns
         def loss_sum(h, kernel, targets):  # on each device's own rows (sharding.sum_over_rows)
             rows = chunk_rows(h.shape[0], kernel.shape[1], self.runtime.loss_chunk_bytes)
-            return head_loss_sum(h, kernel, targets, rows, self.runtime.dtype, SOFTCAP)
+            return head_loss_sum(h, kernel, targets, rows, self.runtime.dtype, SOFTCAP,
+                                 self.runtime.dense == "transposed")
 
         total = sharding.sum_over_rows(loss_sum, rms_norm(x), kernel, targets, whole=(1,))
         if reduction == "sum":

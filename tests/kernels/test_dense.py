@@ -1,5 +1,7 @@
 """jaxchat.kernels.dense against the plain matmul (values and gradients)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,3 +40,37 @@ def test_nnx_linear_with_the_kernel_matches_the_plain_linear():
     ours = nnx.Linear(8, 5, use_bias=False, dot_general=dense_dot_general, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (6, 8))
     np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
+
+
+def _dot_operand_dtypes(compiled_text: str) -> list[tuple[str, str]]:
+    """(lhs, rhs) element types of every dot in an optimized HLO module's text."""
+    types = dict(re.findall(r"%?([\w.\-]+)(?: =|:) (\w+)\[", compiled_text))
+    return [(types[a], types[b]) for a, b in re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\)", compiled_text)]
+
+
+def test_bf16_gradients_are_the_bf16_roundings_of_exact_products():
+    """Each gradient is its exact product (float32 accumulation of the bf16 values), rounded to bf16."""
+    x = jax.random.normal(jax.random.key(1), (64, 32)).astype(jnp.bfloat16)
+    kernel = jax.random.normal(jax.random.key(2), (32, 48)).astype(jnp.bfloat16)
+    weights = jax.random.normal(jax.random.key(3), (64, 48)).astype(jnp.bfloat16)  # the cotangent, exactly
+    loss = lambda x, w: jnp.sum(dense(x, w).astype(jnp.float32) * weights.astype(jnp.float32))  # noqa: E731
+    dx, dkernel = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+    x64, k64, g64 = (np.asarray(a, np.float64) for a in (x, kernel, weights))
+    for ours, exact in ((dx, g64 @ k64.T), (dkernel, x64.T @ g64)):
+        assert ours.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(ours, np.float64), exact, rtol=2**-8, atol=1e-6)
+
+
+def test_bf16_backward_products_stay_bf16_where_xla_runs_bf16_products():
+    """The transposed copies keep every product of the gradient in bf16 wherever XLA's backend keeps
+    a plain bf16 product (XLA:CPU upcasts any product whose operand is transposed, e.g. on AMX)."""
+    a, b = jnp.ones((64, 32), jnp.bfloat16), jnp.ones((32, 48), jnp.bfloat16)
+    plain = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)).lower(a, b).compile().as_text()
+    if _dot_operand_dtypes(plain) != [("bf16", "bf16")]:
+        pytest.skip("this backend computes bf16 products in float32 anyway")
+    for fan_in, fan_out in [(32, 48), (48, 32)]:  # both ways the weight gradient transposes
+        x, kernel = jnp.ones((64, fan_in)), jnp.ones((fan_in, fan_out))
+        loss = lambda x, w: jnp.sum(dense(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)).astype(jnp.float32) ** 2)  # noqa: E731
+        text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
+        dtypes = _dot_operand_dtypes(text)
+        assert len(dtypes) == 3 and set(dtypes) == {("bf16", "bf16")}, dtypes

@@ -40,3 +40,24 @@ def test_chunk_rows_divides_and_fits_budget():
     assert 30 % chunk_rows(30, 65536, CPU_BUDGET) == 0
     assert chunk_rows(7, 8, CPU_BUDGET) == 7  # a small problem is one chunk
     assert chunk_rows(65536, 65536, 512 << 20) == 2048  # the GPU budget
+
+
+def test_bf16_transposed_copies_give_the_same_loss_and_gradients_in_bf16_products():
+    """The CPU runtime's bf16 variant: the same values as without the copies, and (where the backend
+    runs plain bf16 products in bf16 at all) no product of the gradients upcast to float32."""
+    h = jax.random.normal(jax.random.key(0), (64, 32))
+    kernel = jax.random.normal(jax.random.key(1), (32, 96))
+    targets = jax.random.randint(jax.random.key(2), (64,), 0, 96).at[5:9].set(-1)
+    bf16 = jnp.dtype(jnp.bfloat16)
+    fused = lambda copies: lambda h, k: head_loss_sum(h, k, targets, 16, bf16, 15.0, copies)  # noqa: E731
+    (l1, g1), (l2, g2) = (jax.jit(jax.value_and_grad(fused(c), argnums=(0, 1)))(h, kernel) for c in (True, False))
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    from tests.kernels.test_dense import _dot_operand_dtypes
+    a, b = jnp.ones((64, 32), jnp.bfloat16), jnp.ones((32, 48), jnp.bfloat16)
+    plain = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)).lower(a, b).compile().as_text()
+    if _dot_operand_dtypes(plain) != [("bf16", "bf16")]:
+        pytest.skip("this backend computes bf16 products in float32 anyway")
+    text = jax.jit(jax.grad(fused(True), argnums=(0, 1))).lower(h, kernel).compile().as_text()
+    assert set(_dot_operand_dtypes(text)) == {("bf16", "bf16")}
