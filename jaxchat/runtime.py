@@ -7,7 +7,7 @@ so the GPU's program is decided (and tested, with a faked ``"gpu"``) on any mach
 
 | choice              | CPU                                        | GPU                                |
 |---------------------|--------------------------------------------|------------------------------------|
-| compute dtype       | float32 (XLA:CPU's bf16 backward: in f32)  | bfloat16 (params stay float32)     |
+| compute dtype       | float32 (bf16 pays only with AMX)          | bfloat16 (params stay float32)     |
 | attention           | blocked (FlashAttention-style, ~½ FLOPs)   | cudnn (flash attention; bf16 only) |
 | dense               | transposed (fast-path weight gradient)     | xla                                |
 | loss chunk          | 16 MB of logits (stays in cache)           | 512 MB (only memory matters)       |
