@@ -1,7 +1,5 @@
 """jaxchat.kernels.dense against the plain matmul (values and gradients)."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +7,7 @@ import pytest
 from flax import nnx
 
 from jaxchat.kernels.dense import dense, dense_dot_general
+from tests.kernels.hlo import dot_operand_dtypes, skip_unless_bf16_products_stay_bf16
 
 
 @pytest.mark.parametrize("fan_in,fan_out", [(8, 24), (24, 8)])
@@ -42,12 +41,6 @@ def test_nnx_linear_with_the_kernel_matches_the_plain_linear():
     np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
 
 
-def _dot_operand_dtypes(compiled_text: str) -> list[tuple[str, str]]:
-    """(lhs, rhs) element types of every dot in an optimized HLO module's text."""
-    types = dict(re.findall(r"%?([\w.\-]+)(?: =|:) (\w+)\[", compiled_text))
-    return [(types[a], types[b]) for a, b in re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\)", compiled_text)]
-
-
 def test_bf16_gradients_are_the_bf16_roundings_of_exact_products():
     """Each gradient is its exact product (float32 accumulation of the bf16 values), rounded to bf16."""
     x = jax.random.normal(jax.random.key(1), (64, 32)).astype(jnp.bfloat16)
@@ -64,13 +57,10 @@ def test_bf16_gradients_are_the_bf16_roundings_of_exact_products():
 def test_bf16_backward_products_stay_bf16_where_xla_runs_bf16_products():
     """The transposed copies keep every product of the gradient in bf16 wherever XLA's backend keeps
     a plain bf16 product (XLA:CPU upcasts any product whose operand is transposed, e.g. on AMX)."""
-    a, b = jnp.ones((64, 32), jnp.bfloat16), jnp.ones((32, 48), jnp.bfloat16)
-    plain = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)).lower(a, b).compile().as_text()
-    if _dot_operand_dtypes(plain) != [("bf16", "bf16")]:
-        pytest.skip("this backend computes bf16 products in float32 anyway")
+    skip_unless_bf16_products_stay_bf16()
     for fan_in, fan_out in [(32, 48), (48, 32)]:  # both ways the weight gradient transposes
         x, kernel = jnp.ones((64, fan_in)), jnp.ones((fan_in, fan_out))
         loss = lambda x, w: jnp.sum(dense(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)).astype(jnp.float32) ** 2)  # noqa: E731
         text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
-        dtypes = _dot_operand_dtypes(text)
+        dtypes = dot_operand_dtypes(text)
         assert len(dtypes) == 3 and set(dtypes) == {("bf16", "bf16")}, dtypes

@@ -7,6 +7,7 @@ import pytest
 
 from jaxchat.kernels.head_loss import chunk_rows, head_loss_sum
 from jaxchat.model.gpt import cross_entropy
+from tests.kernels.hlo import dot_operand_dtypes, skip_unless_bf16_products_stay_bf16
 
 CPU_BUDGET = 16 << 20
 
@@ -54,10 +55,6 @@ def test_bf16_transposed_copies_give_the_same_loss_and_gradients_in_bf16_product
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     for a, b in zip(g1, g2):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    from tests.kernels.test_dense import _dot_operand_dtypes
-    a, b = jnp.ones((64, 32), jnp.bfloat16), jnp.ones((32, 48), jnp.bfloat16)
-    plain = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)).lower(a, b).compile().as_text()
-    if _dot_operand_dtypes(plain) != [("bf16", "bf16")]:
-        pytest.skip("this backend computes bf16 products in float32 anyway")
+    skip_unless_bf16_products_stay_bf16()
     text = jax.jit(jax.grad(fused(True), argnums=(0, 1))).lower(h, kernel).compile().as_text()
-    assert set(_dot_operand_dtypes(text)) == {("bf16", "bf16")}
+    assert set(dot_operand_dtypes(text)) == {("bf16", "bf16")}
