@@ -8,6 +8,10 @@ import socket
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Counters for jax.random over 3+ axes in the partitionable layout (JAX's default) take XLA:CPU 2-4 s
+# to compile per shape, against 0.3 s in the classic one; tests draw many such shapes. Only which
+# bits come out differs (not their distribution), and nothing in jaxchat depends on that.
+os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 
 _connect = socket.socket.connect
 

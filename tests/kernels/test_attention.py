@@ -1,5 +1,6 @@
 """jaxchat.kernels.attention against plain masked softmax attention (values and gradients)."""
 
+import functools
 import re
 
 import jax
@@ -7,9 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxchat.kernels.attention import blocked_causal_attention, cached_attention, causal_attention
+from jaxchat.kernels import attention
+from jaxchat.kernels.attention import blocked_causal_attention
+
+# Jitted: run op by op, the blocked kernel compiles each block's slices on its own (minutes of the suite).
+causal_attention = jax.jit(attention.causal_attention, static_argnames=("scale", "implementation", "window"))
+cached_attention = jax.jit(attention.cached_attention, static_argnames=("scale", "window"))
 
 
+@functools.partial(jax.jit, static_argnames=("scale", "window"))
 def masked_attention(q, k, v, scale, window=None):
     """The reference: full (T, T) scores, causal mask (query i sees keys i − window … i with a
     window: flash-attn's window_size=(window, 0)), softmax, GQA by repeating kv heads."""
@@ -29,8 +36,8 @@ def test_blocked_causal_attention_equals_masked_attention(seq, block, n_kv):
     keys = jax.random.split(jax.random.key(seq), 3)
     q = jax.random.normal(keys[0], (2, seq, 4, 8))
     k, v = (jax.random.normal(key, (2, seq, n_kv, 8)) for key in keys[1:])
-    dense = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=0.35, implementation="xla")  # noqa: E731
-    blocked = lambda q, k, v: blocked_causal_attention(q, k, v, 0.35, block)  # noqa: E731
+    dense = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=0.35, implementation="xla"))
+    blocked = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, 0.35, block))
     np.testing.assert_allclose(blocked(q, k, v), dense(q, k, v), atol=2e-6)
     np.testing.assert_allclose(blocked(q, k, v), masked_attention(q, k, v, 0.35), atol=2e-6)
     loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))  # noqa: E731
@@ -43,14 +50,14 @@ def test_blocked_attention_is_stable_for_large_scores_and_keeps_bfloat16():
     keys = jax.random.split(jax.random.key(3), 3)
     q, k, v = (jax.random.normal(key, (2, 16, 4, 8)) for key in keys)
     q = 40.0 * q  # scores in the hundreds: exp overflows without the row max
-    dense = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=1.0, implementation="xla")  # noqa: E731
-    blocked = lambda q, k, v: blocked_causal_attention(q, k, v, 1.0, 4)  # noqa: E731
+    dense = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=1.0, implementation="xla"))
+    blocked = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, 1.0, 4))
     out = blocked(q, k, v)
     assert bool(jnp.isfinite(out).all())
     np.testing.assert_allclose(out, dense(q, k, v), atol=1e-5)
     q16, k16, v16 = (x.astype(jnp.bfloat16) / 40.0 for x in (q, k, v))
-    grads = jax.grad(lambda *a: jnp.sum(blocked(*a).astype(jnp.float32) ** 2), argnums=(0, 1, 2))(q16, k16, v16)
-    ref = jax.grad(lambda *a: jnp.sum(dense(*a) ** 2), argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q16, k16, v16)))
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(blocked(*a).astype(jnp.float32) ** 2), argnums=(0, 1, 2)))(q16, k16, v16)
+    ref = jax.jit(jax.grad(lambda *a: jnp.sum(dense(*a) ** 2), argnums=(0, 1, 2)))(*(x.astype(jnp.float32) for x in (q16, k16, v16)))
     for g, r in zip(grads, ref):
         assert g.dtype == jnp.bfloat16
         np.testing.assert_allclose(g.astype(jnp.float32), r, atol=0.05 * float(jnp.abs(r).max()))
@@ -63,7 +70,7 @@ def test_dispatch_runs_the_named_implementation(implementation):
     k, v = (jax.random.normal(key, (1, 8, 2, 8)) for key in keys[1:])
     out = causal_attention(q, k, v, scale=0.3, implementation=implementation)
     np.testing.assert_allclose(out, masked_attention(q, k, v, 0.3), atol=2e-6)
-    jaxpr = str(jax.make_jaxpr(lambda q, k, v: causal_attention(q, k, v, scale=0.3, implementation=implementation))(q, k, v))
+    jaxpr = str(jax.make_jaxpr(lambda q, k, v: attention.causal_attention(q, k, v, scale=0.3, implementation=implementation))(q, k, v))
     assert ("custom_vjp_call" in jaxpr) == (implementation == "blocked")
 
 
@@ -108,7 +115,7 @@ def test_window_reference_mask_is_flash_attention_semantics():
 def test_blocked_window_attention_equals_masked_attention_with_grads(seq, block, window, n_kv):
     q, k, v = _qkv(seq + window, seq, n_kv)
     reference = lambda q, k, v: masked_attention(q, k, v, 0.35, window)  # noqa: E731
-    blocked = lambda q, k, v: blocked_causal_attention(q, k, v, 0.35, block, window=window)  # noqa: E731
+    blocked = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, 0.35, block, window=window))
     np.testing.assert_allclose(blocked(q, k, v), reference(q, k, v), atol=2e-6)
     loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))  # noqa: E731
     grads = [jax.jit(jax.grad(loss(f), argnums=(0, 1, 2)))(q, k, v) for f in (blocked, reference)]
@@ -141,7 +148,7 @@ def test_cudnn_gets_flash_attention_window(monkeypatch):
     monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: calls.append(kw) or a[0])
     q, k, v = _qkv(3, 16)
     for window in (5, None, 15):
-        causal_attention(q, k, v, scale=0.3, implementation="cudnn", window=window)
+        attention.causal_attention(q, k, v, scale=0.3, implementation="cudnn", window=window)
     assert [c["local_window_size"] for c in calls] == [(5, 0), None, None]
     assert all(c["implementation"] == "cudnn" and c["is_causal"] for c in calls)
 
