@@ -4,7 +4,7 @@
     python benchmarks/train_step.py --recipe 2026 --depth 4 --seq 512 --batch 8   # nanochat 92d63d4's model + optimizer
 
 MFU = FLOPs/token (docs/DESIGN.md §3, ``estimate_flops``) × tokens/s ÷ peak. The peak is measured in the same
-run on CPU (best of several float32 square matmuls) and is the bf16 dense datasheet figure on GPU
+run on CPU (best of several square matmuls in the compute dtype) and is the bf16 dense datasheet figure on GPU
 (H100 SXM: 989 TFLOP/s) — with the measured bf16 matmul shown beside it.
 
 On a shared machine both measurements only ever get slower, so the run alternates ``--rounds``
@@ -44,7 +44,8 @@ def best_time(fn, repeats: int) -> float:
 def matmul_flops_per_second(dtype, n: int, repeats: int = 10) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    matmul = jax.jit(jnp.matmul)
+    # float32 results: XLA:CPU runs a bf16 product in bf16 only when asked for float32 (docs/BENCHMARKS.md).
+    matmul = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
     matmul(a, b).block_until_ready()
     return 2 * n**3 / best_time(lambda: matmul(a, b).block_until_ready(), repeats)
 
@@ -57,7 +58,7 @@ def peak_flops(plan: runtime.Runtime) -> tuple[float, str]:
         if plan.peak_flops:
             return plan.peak_flops, f"{kind} bf16 datasheet (measured bf16 matmul {measured / 1e12:.0f} TFLOP/s)"
         return measured, f"{kind} measured bf16 matmul"
-    return matmul_flops_per_second(jnp.float32, 2048), f"measured float32 2048² matmul on {kind}"
+    return matmul_flops_per_second(plan.dtype, 2048), f"measured {plan.compute_dtype} 2048² matmul on {kind}"
 
 
 def main(argv=None):

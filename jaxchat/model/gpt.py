@@ -86,12 +86,15 @@ def rotary_cos_sin(positions: jax.Array, head_dim: int, base: float = ROTARY_BAS
 
 
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate (B, T, N, hd) with nanochat's half-split layout; cos/sin are cast to x's dtype like upstream."""
+    """Rotate (B, T, N, hd) with nanochat's half-split layout, in float32, returned in x's dtype.
+
+    One rounding to bf16 instead of one per op (upstream rotates in bf16 with bf16 tables): the
+    same ops in float32, and XLA:CPU emulated each bf16 op of the backward with a pair of converts."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos = cos[None, :, None, :].astype(x.dtype)
-    sin = sin[None, :, None, :].astype(x.dtype)
-    return jnp.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., :half], x32[..., half:]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return jnp.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1).astype(x.dtype)
 
 
 def uniform(low: float, high: float):
