@@ -281,3 +281,20 @@ def test_logits_at_chosen_positions_from_the_hidden_stream():
     assert hidden.shape == (3, 10, TINY.n_embd)
     picked = model.logits(hidden[jnp.arange(3), positions])
     np.testing.assert_allclose(picked, model(idx)[jnp.arange(3), positions], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_rotary_is_the_float32_rotation_rounded_once():
+    """In bf16 the rotation runs in float32 on the float32 tables and rounds once (DESIGN §13, entry 20)."""
+    from jaxchat.model.gpt import apply_rotary, rotary_cos_sin
+
+    x = jax.random.normal(jax.random.key(0), (2, 16, 3, 8)).astype(jnp.bfloat16)
+    cos, sin = rotary_cos_sin(jnp.arange(100, 116), 8)
+    ours = jax.jit(apply_rotary)(x, cos, sin)
+    assert ours.dtype == jnp.bfloat16
+    x64, c64, s64 = np.asarray(x, np.float64), np.asarray(cos, np.float64)[None, :, None], np.asarray(sin, np.float64)[None, :, None]
+    x1, x2 = x64[..., :4], x64[..., 4:]
+    exact = np.concatenate([x1 * c64 + x2 * s64, x2 * c64 - x1 * s64], axis=-1)
+    np.testing.assert_array_equal(np.asarray(ours), exact.astype(jnp.bfloat16))  # float32's error is far below a bf16 ulp
+    float32 = jax.jit(apply_rotary)(x.astype(jnp.float32), cos, sin)
+    assert float32.dtype == jnp.float32
+    np.testing.assert_allclose(float32, exact, rtol=1e-6, atol=1e-6)
