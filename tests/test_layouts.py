@@ -55,19 +55,24 @@ for i in range(5):
 warm = jax.device_get(state)
 batch = batch_of(0)
 
+steps = {}  # one compile per mesh and micro-batch shape (the row orders reuse it)
+
 def run(mesh, rows=slice(None), micro_batches=2):
     state = sharding.place(jax.tree.map(np.copy, warm), mesh)
-    train_step = make_train_step(graphdef, tx, mesh=mesh, state_sharding=sharding.state_shardings(state, mesh))
     regrouped = {k: v[:, rows].reshape(micro_batches, 16 // micro_batches, -1) for k, v in batch.items()}
     b = sharding.put_batch(regrouped, sharding.batch_sharding(mesh), axis=1)
-    if sharding.fsdp_size(mesh) > 1:  # Muon's stacks are split over fsdp (each device its share)
-        text = train_step.lower(state, b, np.float32(1.0)).as_text()
-        assert '[{"fsdp"}, {}, {}]' in text, "no fsdp constraint on Muon's stacks"
-    elif sharding.batch_devices(mesh) > 1:  # data parallel: every device works on its own rows only
-        text = train_step.lower(state, b, np.float32(1.0)).compile().as_text()
-        assert "all-gather" not in text, "a data-parallel step gathers rows (the loss: sharding.sum_over_rows)"
+    lrm = np.float32(1.0)
+    if (mesh, micro_batches) not in steps:
+        train_step = make_train_step(graphdef, tx, mesh=mesh, state_sharding=sharding.state_shardings(state, mesh))
+        lowered = train_step.lower(state, b, lrm)
+        if sharding.fsdp_size(mesh) > 1:  # Muon's stacks are split over fsdp (each device its share)
+            assert '[{"fsdp"}, {}, {}]' in lowered.as_text(), "no fsdp constraint on Muon's stacks"
+        steps[mesh, micro_batches] = lowered.compile()
+        if sharding.fsdp_size(mesh) == 1 and sharding.batch_devices(mesh) > 1:  # data parallel: own rows only
+            assert "all-gather" not in steps[mesh, micro_batches].as_text(), \
+                "a data-parallel step gathers rows (the loss: sharding.sum_over_rows)"
     for _ in range(3):
-        state, metrics = train_step(state, b, 1.0)
+        state, metrics = steps[mesh, micro_batches](state, b, lrm)
     return state, (float(metrics["loss"]), float(metrics["grad_norm"]))  # Muon and Adam hide a gradient's scale: check it
 
 def rel(a, b):  # a leaf's relative change, in the Frobenius norm
