@@ -15,9 +15,10 @@ glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ma
 
 # A fresh process: each call of the jitted program writes a 128 MB temporary (the product, which
 # the row argmax reads) and frees it at the end; ru_minflt counts the pages the kernel had to fault in
-# (and zero) for it.
+# (and zero) for it. The median call: on a loaded machine the heap takes longer to settle, and a few
+# calls that still grow it moved the mean past the bound (8,432 of 8,331 pages, in a 2-process run).
 _PROBE = textwrap.dedent("""
-    import resource, sys
+    import resource, statistics, sys
     from jaxchat.host_memory import retain_freed_host_memory
     applied = retain_freed_host_memory() if sys.argv[1] == "retain" else False
     import jax, jax.numpy as jnp
@@ -25,10 +26,12 @@ _PROBE = textwrap.dedent("""
     a, b = jnp.ones((4096, 64)), jnp.ones((64, 8192))
     for _ in range(3):
         program(a, b).block_until_ready()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    faults = []
     for _ in range(16):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         program(a, b).block_until_ready()
-    print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 16)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(applied, int(statistics.median(faults)))
 """)
 
 
@@ -46,7 +49,7 @@ def test_retained_memory_is_reused_without_page_faults():
     assert applied
     # 128 MB is 32,768 pages: glibc's default maps and unmaps it on every call. Retained, the heap
     # only grows while it settles (a temporary can be freed on a pool thread just after the next call
-    # has allocated its own), then every call reuses freed blocks.
+    # has allocated its own), then calls reuse freed blocks.
     assert default > 30_000, default
     assert retained < default / 4, (retained, default)
 
