@@ -7,8 +7,9 @@ SFT's step is the same program on fewer rows, checked, and compiled too with ``-
 engine's prefill and decode and the eval forward of the recipe's d20. Each must fit
 ``jaxchat.fit.SAFETY`` of the card's memory. Skipped where the plugin is absent.
 
-The default run compiles three presets' base steps (~25 s each on 2 cores): the smallest card's, and
-the two recipes' main jobs on an H100; ``-m slow`` compiles every other preset's too.
+The default run compiles three presets' base steps: the smallest card's, and the two recipes' main
+jobs on an H100 (on 2 cores d12_12gb and d20 take 30-65 s each, gpt2_1gpu 90-150 s); ``-m slow``
+compiles every other preset's too.
 """
 
 from __future__ import annotations
