@@ -75,6 +75,10 @@ def random_engine(tok):
     return model, Engine(model, tok)
 
 
+# Jitted: run eagerly, each of the model's ops would compile on its own (seconds on 2 cores).
+forward = nnx.jit(lambda model, idx: model(idx))
+
+
 def prompt_ids(tok, text: str = "The student explains the history of the river.") -> list[int]:
     return tok.render_for_completion({"messages": [{"role": "user", "content": text}]})
 
@@ -101,10 +105,10 @@ def reference_greedy(model: GPT, prompt: list[int], steps: int, stop: set[int]) 
 
 
 def test_reference_padding_is_causal(random_engine, tok):
-    """The padded reference really is model(idx)[:, -1] (unpadded, eager)."""
+    """The padded reference really is model(idx)[:, -1] (unpadded)."""
     model, _ = random_engine
     prompt = prompt_ids(tok)
-    expected = int(jnp.argmax(model(jnp.asarray([prompt], jnp.int32))[0, -1]))
+    expected = int(jnp.argmax(forward(model, jnp.asarray([prompt], jnp.int32))[0, -1]))
     assert reference_greedy(model, prompt, 1, set()) == [expected]
 
 
@@ -228,7 +232,7 @@ def test_each_row_samples_its_own_first_token(random_engine, tok):
 def test_top_k_restricts_to_the_k_likeliest(random_engine, tok):
     model, engine = random_engine
     prompt = prompt_ids(tok)
-    logits = model(jnp.asarray([prompt], jnp.int32))[0, -1]
+    logits = forward(model, jnp.asarray([prompt], jnp.int32))[0, -1]
     top3 = set(np.argsort(np.asarray(logits))[-3:].tolist())
     (column, _), = engine.generate(prompt, num_samples=32, max_tokens=1, temperature=5.0, top_k=3)
     assert set(column) <= top3 and len(set(column)) > 1

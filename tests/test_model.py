@@ -18,6 +18,12 @@ TINY = GPTConfig(sequence_len=16, vocab_size=96, n_layer=2, n_head=4, n_kv_head=
 CPU = runtime.resolve(ModelSection(), "cpu")  # the fast CPU program: blocked attention, dense kernel, 16 MB chunks
 
 
+# Jitted: run eagerly, each of the model's ops compiles on its own for every new shape (~280 compiles,
+# ~20 s on 2 cores, for a prefill and three decode steps); the engine runs these jitted too.
+forward = nnx.jit(lambda model, idx: model(idx))
+decode = nnx.jit(lambda model, idx, cache, length=None: model.decode(idx, cache, length))
+
+
 def params_of(model):
     return split_params(model)[1]
 
@@ -69,7 +75,7 @@ def test_init_follows_nanochat():
 def test_loss_at_init_is_log_vocab():
     model = GPT(TINY, rngs=nnx.Rngs(0))
     idx = jax.random.randint(jax.random.key(1), (2, 16), 0, TINY.vocab_size)
-    assert float(model(idx, idx)) == pytest.approx(math.log(TINY.vocab_size), rel=1e-6)
+    assert float(nnx.jit(lambda m, idx: m(idx, idx))(model, idx)) == pytest.approx(math.log(TINY.vocab_size), rel=1e-6)
 
 
 def test_cross_entropy_ignores_minus_one():
@@ -158,7 +164,7 @@ def test_causal(plan):
     model, _ = random_weights(GPT(TINY, runtime=plan, rngs=nnx.Rngs(0)))
     idx = jax.random.randint(jax.random.key(3), (1, 16), 0, TINY.vocab_size)
     changed = idx.at[0, 10].set((idx[0, 10] + 1) % TINY.vocab_size)
-    a, b = model(idx), model(changed)
+    a, b = forward(model, idx), forward(model, changed)
     np.testing.assert_array_equal(a[:, :10], b[:, :10])
     assert not np.allclose(a[:, 10:], b[:, 10:])
 
@@ -167,12 +173,12 @@ def test_causal(plan):
 def test_kv_cache_prefill_and_decode_match_full_forward(plan):
     model, _ = random_weights(GPT(TINY, runtime=plan, rngs=nnx.Rngs(0)))
     idx = jax.random.randint(jax.random.key(4), (2, 12), 0, TINY.vocab_size)
-    full = model(idx)
+    full = forward(model, idx)
     cache = KVCache.create(TINY, batch_size=2, max_len=16)
-    logits, cache = model.decode(idx[:, :5], cache)  # prefill 5
+    logits, cache = decode(model, idx[:, :5], cache)  # prefill 5
     np.testing.assert_allclose(logits, full[:, :5], atol=1e-5)
     for t in range(5, 12):  # then one token at a time
-        logits, cache = model.decode(idx[:, t:t + 1], cache)
+        logits, cache = decode(model, idx[:, t:t + 1], cache)
         np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
     assert int(cache.pos) == 12
 
@@ -181,25 +187,25 @@ def test_padded_prefill_then_decode():
     """A right-padded prompt with its real length: the padding is masked and later overwritten."""
     model, _ = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
     idx = jax.random.randint(jax.random.key(5), (1, 9), 0, TINY.vocab_size)
-    full = model(idx)
+    full = forward(model, idx)
     padded = jnp.concatenate([idx[:, :6], jnp.zeros((1, 4), idx.dtype)], axis=1)  # 6 real + 4 pad
-    logits, cache = model.decode(padded, KVCache.create(TINY, 1, 16), length=6)
+    logits, cache = decode(model, padded, KVCache.create(TINY, 1, 16), 6)
     np.testing.assert_allclose(logits[:, :6], full[:, :6], atol=1e-5)
     for t in range(6, 9):
-        logits, cache = model.decode(idx[:, t:t + 1], cache)
+        logits, cache = decode(model, idx[:, t:t + 1], cache)
         np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
 
 
 def test_repeat_rows_copies_the_prompt_cache():
     model, _ = random_weights(GPT(TINY, rngs=nnx.Rngs(0)))
     idx = jax.random.randint(jax.random.key(6), (1, 4), 0, TINY.vocab_size)
-    _, cache = model.decode(idx, KVCache.create(TINY, 1, 8))
+    _, cache = decode(model, idx, KVCache.create(TINY, 1, 8))
     wide = cache.repeat_rows(3)
     assert wide.k[0].shape[0] == 3 and int(wide.pos) == 4
     nxt = jnp.array([[1], [2], [3]])
-    logits, _ = model.decode(nxt, wide)
+    logits, _ = decode(model, nxt, wide)
     for row in range(3):
-        single, _ = model.decode(nxt[row:row + 1], cache)
+        single, _ = decode(model, nxt[row:row + 1], cache)
         np.testing.assert_allclose(logits[row], single[0], atol=1e-5)
 
 
@@ -277,10 +283,10 @@ def test_logits_at_chosen_positions_from_the_hidden_stream():
     model = nnx.merge(graphdef, params)
     idx = jax.random.randint(jax.random.key(9), (3, 10), 0, TINY.vocab_size)
     positions = jnp.array([9, 0, 4])
-    hidden = model.hidden(idx)
+    hidden = nnx.jit(lambda m, idx: m.hidden(idx))(model, idx)
     assert hidden.shape == (3, 10, TINY.n_embd)
-    picked = model.logits(hidden[jnp.arange(3), positions])
-    np.testing.assert_allclose(picked, model(idx)[jnp.arange(3), positions], rtol=1e-5, atol=1e-6)
+    picked = nnx.jit(lambda m, h: m.logits(h))(model, hidden[jnp.arange(3), positions])
+    np.testing.assert_allclose(picked, forward(model, idx)[jnp.arange(3), positions], rtol=1e-5, atol=1e-6)
 
 
 def test_bf16_rotary_is_the_float32_rotation_rounded_once():

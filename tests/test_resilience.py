@@ -238,6 +238,8 @@ class TrainProcess:
         if compile_cache is not None:  # later runs skip most of the compile
             env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        else:  # a full compile, even of a program the test run's own cache (tests/conftest.py) holds
+            env.pop("JAX_COMPILATION_CACHE_DIR", None)
         self.directory = home / "checkpoints" / "base" / tag
         if "--resume" not in args:
             shutil.rmtree(self.directory, ignore_errors=True)  # a fresh run of this tag
