@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import tempfile
+from pathlib import Path
 
 # Tests never touch the network, and run on CPU.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -29,6 +30,11 @@ SLOWEST_FIRST = ("test_gpu_compile.py", "test_model.py", "kernels/test_attention
                  "test_model_2026.py", "test_fit.py", "test_eval.py", "test_train_step.py", "test_layouts.py",
                  "test_devices_e2e.py", "test_multihost.py", "test_resilience.py", "test_optim.py",
                  "test_engine.py", "test_eval_devices.py")
+
+
+_renamed = [name for name in SLOWEST_FIRST if not (Path(__file__).parent / name).is_file()]
+if _renamed:  # a stale name would quietly put that file back among the last
+    raise RuntimeError(f"tests/conftest.py: SLOWEST_FIRST names {_renamed}, not files in tests/ any more")
 
 
 def pytest_collection_modifyitems(config, items):
