@@ -76,7 +76,7 @@ def random_engine(tok):
 
 
 # Jitted: run eagerly, each of the model's ops would compile on its own (seconds on 2 cores).
-forward = nnx.jit(lambda model, idx: model(idx))
+forward = nnx.jit(GPT.__call__)
 
 
 def prompt_ids(tok, text: str = "The student explains the history of the river.") -> list[int]:

@@ -20,8 +20,8 @@ CPU = runtime.resolve(ModelSection(), "cpu")  # the fast CPU program: blocked at
 
 # Jitted: run eagerly, each of the model's ops compiles on its own for every new shape (~280 compiles,
 # ~20 s on 2 cores, for a prefill and three decode steps); the engine runs these jitted too.
-forward = nnx.jit(lambda model, idx: model(idx))
-decode = nnx.jit(lambda model, idx, cache, length=None: model.decode(idx, cache, length))
+forward = nnx.jit(GPT.__call__)
+decode = nnx.jit(GPT.decode)
 
 
 def params_of(model):
@@ -75,7 +75,7 @@ def test_init_follows_nanochat():
 def test_loss_at_init_is_log_vocab():
     model = GPT(TINY, rngs=nnx.Rngs(0))
     idx = jax.random.randint(jax.random.key(1), (2, 16), 0, TINY.vocab_size)
-    assert float(nnx.jit(lambda m, idx: m(idx, idx))(model, idx)) == pytest.approx(math.log(TINY.vocab_size), rel=1e-6)
+    assert float(forward(model, idx, idx)) == pytest.approx(math.log(TINY.vocab_size), rel=1e-6)
 
 
 def test_cross_entropy_ignores_minus_one():
@@ -283,9 +283,9 @@ def test_logits_at_chosen_positions_from_the_hidden_stream():
     model = nnx.merge(graphdef, params)
     idx = jax.random.randint(jax.random.key(9), (3, 10), 0, TINY.vocab_size)
     positions = jnp.array([9, 0, 4])
-    hidden = nnx.jit(lambda m, idx: m.hidden(idx))(model, idx)
+    hidden = nnx.jit(GPT.hidden)(model, idx)
     assert hidden.shape == (3, 10, TINY.n_embd)
-    picked = nnx.jit(lambda m, h: m.logits(h))(model, hidden[jnp.arange(3), positions])
+    picked = nnx.jit(GPT.logits)(model, hidden[jnp.arange(3), positions])
     np.testing.assert_allclose(picked, forward(model, idx)[jnp.arange(3), positions], rtol=1e-5, atol=1e-6)
 
 
