@@ -516,7 +516,8 @@ def setup_lines(r: dict) -> list[str]:
         SECTION_TITLE, "",
         f"nanochat {a['commit']}'s own `scripts/base_train.py` (extracted unchanged from the git mirror, run in torch "
         f"{m['torch']}) against `python train.py --stage=base --recipe=2026` (jax {m['jax']}), on the same text, "
-        "tokenizer, shape, batch and steps, two seeds each; then the 2026 recipe against the seed recipe after the "
+        f"tokenizer, shape, batch and steps, {len(a['nanochat_seeds'])} and {len(a['jaxchat_seeds'])} seeds; then the "
+        "2026 recipe against the seed recipe after the "
         "same training time (`benchmarks/nanochat_side_by_side.py`; its docstring has the details):", "",
         "```bash", "PYTHONPATH=$PWD /tmp/torchvenv_opt/bin/python benchmarks/nanochat_side_by_side.py "
         + " ".join(f"--{k.replace('_', '-')}={cli_value(a[k])}" for k in CLI_KEYS) + " --write-md", "```", "",
