@@ -12,7 +12,8 @@ What it shows (2026-11-30, depth 4, width 256, T = 256 with 128-key windows, 8 r
 weight decay 0.6, 60 steps):
     The losses agree to ~1e-7 for the first ~17 steps. Then both runs hit the same loss spike
     (this small batch is at the edge of stability), which amplifies float noise, and the runs
-    part. From step 0 the resid/x0 lambdas and backout_lambda differ by ~3e-3 relative. The loss
+    part. From step 0 the resid/x0 lambdas and backout_lambda differ by ~3e-3 relative (backout_lambda
+    by 2.3e-2 on an Intel Xeon, 2026-12-02: the noise differs by machine). The loss
     is invariant to the scale of the final residual (it is RMS-normalised), and at init every
     block outputs zero, so those gradients are analytically zero; each framework's is float
     noise, which AdamW's first steps normalise to full-size updates. After the spike, which side
